@@ -1,0 +1,3 @@
+from faena.cli.main import main
+
+main()

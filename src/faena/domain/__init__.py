@@ -1,0 +1,1 @@
+"""Pure domain model: specs, runs, state machines, events, errors. No I/O."""

@@ -1,0 +1,155 @@
+"""The pipeline specification: what a user wrote, validated and normalised.
+
+Readers in ``faena.spec`` build these from files; the orchestrator expands matrices and
+runs them. Durations are seconds (float), memory is bytes, cpu is cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+Backoff = Literal["fixed", "linear", "exponential"]
+BACKOFFS: tuple[str, ...] = ("fixed", "linear", "exponential")
+MAX_BACKOFF_DELAY = 3600.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a step or job runs and how long to wait between attempts."""
+
+    max_attempts: int = 1
+    backoff: Backoff = "fixed"
+    delay: float = 0.0
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (2 is the first retry)."""
+        n = max(attempt - 1, 1)
+        if self.backoff == "linear":
+            value = self.delay * n
+        elif self.backoff == "exponential":
+            value = self.delay * (2 ** (n - 1))
+        else:
+            value = self.delay
+        return min(value, MAX_BACKOFF_DELAY)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a job asks of a node; zero means no particular demand."""
+
+    cpu: float = 0.0
+    memory: int = 0
+    gpu: int = 0
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One command in a job. ``if_`` holds the expression source without ``${{ }}``."""
+
+    name: str
+    run: str
+    id: str | None = None
+    shell: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    working_directory: str | None = None
+    if_: str | None = None
+    continue_on_error: bool = False
+    timeout: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """A job's ``strategy``: static axes, or an expression expanded when its needs finish."""
+
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    include: list[dict[str, Any]] = field(default_factory=list)
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    expression: str | None = None
+    fail_fast: bool = True
+    max_parallel: int | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.expression is not None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job of the DAG, before (template) or after matrix expansion."""
+
+    key: str
+    name: str
+    steps: list[StepSpec]
+    needs: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    if_: str | None = None
+    strategy: MatrixSpec | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    resources: Resources = field(default_factory=Resources)
+    runs_on: list[str] = field(default_factory=list)
+    image: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    shell: str | None = None
+    working_directory: str | None = None
+    continue_on_error: bool = False
+    # Set on jobs produced by matrix expansion.
+    matrix: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A whole pipeline: jobs in file order, keyed by their id."""
+
+    name: str
+    jobs: dict[str, JobSpec]
+    env: dict[str, str] = field(default_factory=dict)
+    shell: str | None = None
+    working_directory: str | None = None
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``from_dict`` gives the same spec back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineSpec:
+        jobs = {k: _job_from_dict(v) for k, v in data["jobs"].items()}
+        return cls(**{**_known(cls, data), "jobs": jobs})
+
+    def spec_hash(self) -> str:
+        """sha256 of the canonical JSON form; events carry it instead of the spec."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _job_from_dict(data: dict[str, Any]) -> JobSpec:
+    steps = [
+        StepSpec(**{**_known(StepSpec, s), "retry": RetryPolicy(**s.get("retry") or {})})
+        for s in data["steps"]
+    ]
+    strategy = MatrixSpec(**data["strategy"]) if data.get("strategy") else None
+    return JobSpec(
+        **{
+            **_known(JobSpec, data),
+            "steps": steps,
+            "strategy": strategy,
+            "retry": RetryPolicy(**data.get("retry") or {}),
+            "resources": Resources(**data.get("resources") or {}),
+        }
+    )
+
+
+def with_matrix(job: JobSpec, key: str, name: str, values: dict[str, Any]) -> JobSpec:
+    """A concrete job produced from a matrix template."""
+    return replace(job, key=key, name=name, matrix=dict(values), strategy=None, template=job.key)

@@ -1,0 +1,1 @@
+"""Ephemeral workers: the WorkerProvider port and its providers."""

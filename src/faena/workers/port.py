@@ -1,0 +1,110 @@
+"""The WorkerProvider port: ephemeral places where a job's steps run.
+
+Lifecycle, per job attempt: ``create`` once, ``exec`` once per step (in order, one at a
+time), ``destroy`` always, whatever happened before. ``destroy`` is idempotent and safe to
+call even if ``create`` failed halfway; afterwards no process of the worker is left
+running. ``create`` is idempotent by ``worker_id``. ``cancel`` may be called concurrently
+with ``exec`` from another task and makes that ``exec`` return promptly with
+``cancelled=True``. Providers raise ``ProviderError`` (WKM-PROV) for infrastructure
+failures, which the platform retries without using the job's attempts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from faena.domain.errors import ErrorCode, FaenaError
+
+Stream = Literal["stdout", "stderr"]
+
+
+class ProviderError(FaenaError):
+    """The provider could not create, run in or destroy a worker."""
+
+    code = ErrorCode.WKM_PROV
+
+
+class PathEscapeError(FaenaError):
+    """A user-given path resolves outside the worker's workspace."""
+
+    code = ErrorCode.ORC_VALID
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """What a job attempt needs from its worker."""
+
+    worker_id: str
+    run_id: str
+    job_id: str
+    image: str | None = None
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A live worker; ``workspace`` is the job's working directory as seen inside it."""
+
+    worker_id: str
+    provider: str
+    workspace: str
+    info: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    """One step to run: a script for ``shell``, in ``working_directory`` under the workspace."""
+
+    exec_id: str
+    script: str
+    shell: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    working_directory: str | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class OutputLine:
+    """One line of a step's output, without its newline; ``ts`` is epoch seconds."""
+
+    stream: Stream
+    text: str
+    ts: float
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """How a step ended. ``outputs`` holds what the step wrote to ``$FAENA_OUTPUT``."""
+
+    exit_code: int
+    duration_ms: float
+    timed_out: bool = False
+    cancelled: bool = False
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+OutputSink = Callable[[OutputLine], Awaitable[None]]
+
+
+class WorkerProvider(Protocol):
+    """Creates ephemeral workers, runs steps in them and destroys them."""
+
+    name: str
+
+    async def create(self, request: WorkerRequest) -> Worker:
+        """Start a worker with an empty workspace; idempotent by ``worker_id``."""
+        ...
+
+    async def exec(self, worker: Worker, request: ExecRequest, sink: OutputSink) -> ExecResult:
+        """Run one step, streaming each output line to ``sink`` as it is written."""
+        ...
+
+    async def cancel(self, worker: Worker, exec_id: str) -> None:
+        """Stop a running exec and its whole process tree; no-op if it already ended."""
+        ...
+
+    async def destroy(self, worker: Worker) -> None:
+        """Stop everything left in the worker and release it; idempotent."""
+        ...
