@@ -1,0 +1,1 @@
+"""The node agent: takes assignments, drives a worker provider, reports back."""

@@ -1,0 +1,378 @@
+"""Runs one job attempt: worker up, steps in order, outputs, worker down, report.
+
+Step semantics follow GitHub Actions: a step runs when its ``if`` holds (default
+``success()``), a failure skips later steps unless they ask for ``failure()`` or
+``always()``, ``continue-on-error`` keeps the job going, ``retry`` re-runs the step in the
+same worker, and the worker is destroyed whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from faena.agent.port import ControlPlane
+from faena.domain import expressions
+from faena.domain.assignment import Assignment, JobResult, StepResult
+from faena.domain.errors import ErrorCode
+from faena.domain.events import new_id
+from faena.domain.progress import condition
+from faena.domain.spec import StepSpec
+from faena.workers.port import (
+    ExecRequest,
+    ExecResult,
+    OutputLine,
+    PathEscapeError,
+    ProviderError,
+    Worker,
+    WorkerProvider,
+    WorkerRequest,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Live:
+    """The state of a running job attempt that a revocation needs to reach."""
+
+    worker: Worker | None = None
+    exec_id: str | None = None
+    revoked: bool = False
+
+
+@dataclass
+class _JobState:
+    failed: bool = False
+    timed_out: bool = False
+    error_code: str | None = None
+    message: str | None = None
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+class LogBuffer:
+    """Batches a step's output lines for the control plane."""
+
+    def __init__(
+        self, control: ControlPlane, a: Assignment, index: int, limit: int, interval: float
+    ) -> None:
+        self._control = control
+        self._a = a
+        self._index = index
+        self._limit = limit
+        self._interval = interval
+        self._lines: list[OutputLine] = []
+        self._last = time.monotonic()
+
+    async def add(self, line: OutputLine) -> None:
+        self._lines.append(line)
+        if len(self._lines) >= self._limit or time.monotonic() - self._last >= self._interval:
+            await self.flush()
+
+    async def note(self, text: str) -> None:
+        """A line from faena itself, shown with the step's output."""
+        await self.add(OutputLine("stderr", f"[faena] {text}", time.time()))
+
+    async def flush(self) -> None:
+        self._last = time.monotonic()
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        await self._control.logs(
+            self._a.run_id, self._a.job_id, self._a.attempt, self._index, lines
+        )
+
+
+class JobRunner:
+    def __init__(
+        self,
+        provider: WorkerProvider,
+        control: ControlPlane,
+        *,
+        labels: tuple[str, ...] = (),
+        log_batch: int = 500,
+        log_interval: float = 0.1,
+    ) -> None:
+        self._provider = provider
+        self._control = control
+        self._labels = labels
+        self._log_batch = log_batch
+        self._log_interval = log_interval
+        self._live: dict[str, _Live] = {}
+
+    async def revoke(self, assignment_id: str) -> None:
+        """Stop the job attempt of this assignment, if it runs here."""
+        live = self._live.get(assignment_id)
+        if live is None:
+            return
+        live.revoked = True
+        if live.worker is not None and live.exec_id is not None:
+            await self._provider.cancel(live.worker, live.exec_id)
+
+    async def run(self, assignment_id: str, job_id: str) -> None:
+        """Run the assignment to the end and report it; never raises for job failures."""
+        live = self._live.setdefault(assignment_id, _Live())
+        worker_id = new_id()
+        try:
+            a = await self._control.accept(assignment_id, job_id, worker_id)
+            if a is None:
+                return
+            await self._run_accepted(a, worker_id, live)
+        finally:
+            self._live.pop(assignment_id, None)
+
+    async def _run_accepted(self, a: Assignment, worker_id: str, live: _Live) -> None:
+        request = WorkerRequest(worker_id, a.run_id, a.job_id, a.job.image, self._labels)
+        try:
+            worker = await self._provider.create(request)
+        except ProviderError as exc:
+            with contextlib.suppress(ProviderError):
+                await self._provider.destroy(Worker(worker_id, self._provider.name, ""))
+            await self._control.worker_failed(a.assignment_id, a.job_id, worker_id, exc.message)
+            return
+        live.worker = worker
+        state = _JobState()
+        try:
+            await self._control.worker_created(
+                a.assignment_id, a.job_id, worker_id, self._provider.name, dict(worker.info)
+            )
+            await self._run_steps(a, worker, live, state)
+        finally:
+            await asyncio.shield(self._destroy(a, worker, 1 if state.failed else 0))
+        if live.revoked:
+            result = JobResult("cancelled", message="cancelled")
+        elif state.failed:
+            result = JobResult("failure", state.error_code, state.message, state.outputs)
+        else:
+            result = JobResult("success", outputs=state.outputs)
+        await self._control.job_finished(a.assignment_id, a.job_id, result)
+
+    async def _destroy(self, a: Assignment, worker: Worker, code: int) -> None:
+        try:
+            await self._provider.destroy(worker)
+        except ProviderError:
+            log.exception("could not destroy worker %s", worker.worker_id)
+        await self._control.worker_terminated(a.assignment_id, a.job_id, worker.worker_id, code)
+
+    async def _run_steps(self, a: Assignment, worker: Worker, live: _Live, st: _JobState) -> None:
+        job = a.job
+        deadline = time.monotonic() + job.timeout if job.timeout else None
+        env_base = {**a.pipeline_env, **job.env}
+        for index, step in enumerate(job.steps):
+            ctx = self._context(a, env_base, st, live)
+            buf = LogBuffer(self._control, a, index, self._log_batch, self._log_interval)
+            try:
+                go = bool(expressions.evaluate(condition(step.if_), ctx))
+            except expressions.ExpressionError as exc:
+                await self._fail_without_running(a, index, buf, st, f"if: {exc}")
+                continue
+            if not go or (
+                deadline is not None and time.monotonic() >= deadline and not _always(step.if_)
+            ):
+                reason = "job timed out" if st.timed_out else "if condition is false"
+                await self._control.step_skipped(a.assignment_id, a.job_id, index, reason)
+                st.steps[step.id or f"_{index}"] = {
+                    "outcome": "skipped",
+                    "conclusion": "skipped",
+                    "outputs": {},
+                }
+                continue
+            await self._run_step(a, worker, live, st, index, step, ctx, env_base, deadline, buf)
+        self._collect_outputs(a, st, live)
+
+    def _context(
+        self, a: Assignment, env: dict[str, str], st: _JobState, live: _Live
+    ) -> dict[str, Any]:
+        return {
+            **a.context,
+            "env": env,
+            "steps": st.steps,
+            "job": {"status": "failure" if st.failed else "success"},
+            "__status__": {
+                "success": not st.failed and not live.revoked,
+                "failure": st.failed,
+                "cancelled": live.revoked,
+            },
+        }
+
+    async def _fail_without_running(
+        self, a: Assignment, index: int, buf: LogBuffer, st: _JobState, message: str
+    ) -> None:
+        if not await self._control.step_started(a.assignment_id, a.job_id, index, 1):
+            return
+        await buf.note(message)
+        await buf.flush()
+        await self._control.step_finished(
+            a.assignment_id,
+            a.job_id,
+            index,
+            1,
+            StepResult("failure", error_code=ErrorCode.ORC_VALID.value, message=message),
+        )
+        st.failed = True
+        st.error_code, st.message = ErrorCode.ORC_VALID.value, message
+
+    async def _run_step(
+        self,
+        a: Assignment,
+        worker: Worker,
+        live: _Live,
+        st: _JobState,
+        index: int,
+        step: StepSpec,
+        ctx: dict[str, Any],
+        env_base: dict[str, str],
+        deadline: float | None,
+        buf: LogBuffer,
+    ) -> None:
+        policy = step.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            if not await self._control.step_started(a.assignment_id, a.job_id, index, attempt):
+                live.revoked = True
+                return
+            outcome, result = await self._exec(
+                a, worker, live, index, step, attempt, ctx, env_base, deadline, buf
+            )
+            await buf.flush()
+            retry = (
+                outcome.outcome == "failure"
+                and attempt < policy.max_attempts
+                and not live.revoked
+                and not st.timed_out
+            )
+            if retry:
+                outcome = StepResult(**{**outcome.__dict__, "will_retry": True})
+            elif outcome.outcome == "failure" and step.continue_on_error:
+                outcome = StepResult(**{**outcome.__dict__, "continue_on_error": True})
+            if deadline is not None and time.monotonic() >= deadline:
+                st.timed_out = True
+            await self._control.step_finished(a.assignment_id, a.job_id, index, attempt, outcome)
+            if retry:
+                delay = policy.delay_before(attempt + 1)
+                await buf.note(
+                    f"step failed; retrying in {delay:g}s "
+                    f"(attempt {attempt + 1} of {policy.max_attempts})"
+                )
+                await buf.flush()
+                await asyncio.sleep(delay)
+                continue
+            break
+        outputs = result.outputs if result else {}
+        conclusion = outcome.outcome
+        if outcome.outcome == "failure" and step.continue_on_error:
+            conclusion = "success"
+        elif outcome.outcome == "failure":
+            st.failed = True
+            st.error_code = outcome.error_code
+            st.message = f"step '{step.name}': {outcome.message}"
+        st.steps[step.id or f"_{index}"] = {
+            "outcome": outcome.outcome,
+            "conclusion": conclusion,
+            "outputs": outputs,
+        }
+
+    async def _exec(
+        self,
+        a: Assignment,
+        worker: Worker,
+        live: _Live,
+        index: int,
+        step: StepSpec,
+        attempt: int,
+        ctx: dict[str, Any],
+        env_base: dict[str, str],
+        deadline: float | None,
+        buf: LogBuffer,
+    ) -> tuple[StepResult, ExecResult | None]:
+        try:
+            env = {k: expressions.interpolate(v, ctx) for k, v in env_base.items()}
+            step_ctx = {**ctx, "env": {**env}}
+            env.update({k: expressions.interpolate(v, step_ctx) for k, v in step.env.items()})
+            step_ctx["env"] = env
+            script = expressions.interpolate(step.run, step_ctx)
+        except expressions.ExpressionError as exc:
+            await buf.note(f"expression error: {exc}")
+            return StepResult("failure", error_code="ORC-VALID", message=str(exc)), None
+        env.update(
+            {
+                "CI": "true",
+                "FAENA": "true",
+                "FAENA_RUN_ID": a.run_id,
+                "FAENA_JOB_ID": a.job_id,
+                "FAENA_JOB": a.job.key,
+                "FAENA_RUN_ATTEMPT": str(a.attempt),
+                "FAENA_SOURCE_DIR": str(a.context.get("faena", {}).get("source_dir", "")),
+            }
+        )
+        timeout = step.timeout
+        job_bound = False
+        if deadline is not None:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            if timeout is None or remaining < timeout:
+                timeout, job_bound = remaining, True
+        exec_id = f"{a.job_id}.{a.attempt}.{index}.{attempt}"
+        request = ExecRequest(
+            exec_id=exec_id,
+            script=script,
+            shell=step.shell or a.job.shell or a.shell,
+            env=env,
+            working_directory=(
+                step.working_directory or a.job.working_directory or a.working_directory
+            ),
+            timeout=timeout,
+        )
+        live.exec_id = exec_id
+        try:
+            result = await self._provider.exec(worker, request, buf.add)
+        except PathEscapeError as exc:
+            await buf.note(str(exc.message))
+            return StepResult("failure", error_code="ORC-VALID", message=exc.message), None
+        except ProviderError as exc:
+            await buf.note(f"provider error: {exc.message}")
+            return StepResult("failure", error_code=exc.code.value, message=exc.message), None
+        finally:
+            live.exec_id = None
+        base = {
+            "exit_code": result.exit_code,
+            "duration_ms": result.duration_ms,
+            "outputs": dict(result.outputs),
+        }
+        if live.revoked or result.cancelled:
+            return StepResult("cancelled", message="cancelled", **base), result
+        if result.timed_out:
+            if job_bound:
+                st_msg = f"job timed out after {a.job.timeout:g}s"
+            else:
+                st_msg = f"step timed out after {step.timeout:g}s"
+            await buf.note(st_msg)
+            return StepResult("failure", error_code="EXEC-TIMEOUT", message=st_msg, **base), result
+        if result.exit_code != 0:
+            msg = f"exit code {result.exit_code}"
+            return StepResult("failure", error_code="EXEC-FAILED", message=msg, **base), result
+        return StepResult("success", **base), result
+
+    def _collect_outputs(self, a: Assignment, st: _JobState, live: _Live) -> None:
+        merged: dict[str, str] = {}
+        for s in st.steps.values():
+            merged.update(s.get("outputs", {}))
+        ctx = self._context(a, {**a.pipeline_env, **a.job.env}, st, live)
+        for key, source in a.job.outputs.items():
+            if not source:
+                if key in merged:
+                    st.outputs[key] = merged[key]
+                continue
+            try:
+                st.outputs[key] = expressions.interpolate(source, ctx)
+            except expressions.ExpressionError as exc:
+                log.warning("job %s output %s: %s", a.job_id, key, exc)
+
+
+def _always(source: str | None) -> bool:
+    return bool(source) and "always()" in (source or "").replace(" ", "")

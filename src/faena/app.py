@@ -1,0 +1,84 @@
+"""Composition root: builds the embedded system from Settings. Adapters are chosen here only."""
+
+from __future__ import annotations
+
+import contextlib
+from types import TracebackType
+
+from faena.agent.embedded import EmbeddedAgent
+from faena.agent.runner import JobRunner
+from faena.bus.memory import MemoryBus
+from faena.bus.relay import OutboxRelay
+from faena.domain.states import JobState
+from faena.orchestration.control_plane import InProcessControlPlane
+from faena.orchestration.logs import LogRecorder
+from faena.orchestration.orchestrator import Orchestrator
+from faena.scheduling.fifo import FifoScheduler
+from faena.settings import Settings
+from faena.store.port import Store
+from faena.store.sql import SqlStore
+from faena.workers.port import Worker
+from faena.workers.providers.local import LocalProvider
+
+NODE_ID = "local"
+
+
+class App:
+    """The embedded shape: SQL store, in-process bus, FIFO scheduler, local workers."""
+
+    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store: Store = store or SqlStore(settings.db_url)
+        self.bus = MemoryBus()
+        self.relay = OutboxRelay(self.store, self.bus)
+        self.orchestrator = Orchestrator(self.store, self.relay, tenant=settings.tenant)
+        self.logs = LogRecorder(self.store, self.bus)
+        self.scheduler = FifoScheduler(
+            self.bus, self.orchestrator, node_id=NODE_ID, slots=settings.jobs
+        )
+        self.provider = LocalProvider(settings.workspaces, keep_workspace=settings.keep_workspace)
+        self.runner = JobRunner(self.provider, InProcessControlPlane(self.orchestrator, self.logs))
+        self.agent = EmbeddedAgent(self.bus, self.runner, node_id=NODE_ID)
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        await self.bus.start()
+        # In-process subscribers of a dead process are gone with it: nothing to redeliver.
+        # ``resume`` re-derives what a run still needs from its event log.
+        await self.relay.start(republish=False)
+        await self.logs.start()
+        await self.orchestrator.start()
+        await self.scheduler.start()
+        await self.agent.start()
+
+    async def close(self) -> None:
+        await self.agent.close()
+        await self.scheduler.close()
+        await self.orchestrator.stop()
+        await self.logs.close()
+        await self.relay.close()
+        await self.bus.close()
+        await self.store.close()
+
+    async def resume(self, run_id: str) -> None:
+        """Clean up after the dead process that ran ``run_id``, then carry on with it."""
+        row = await self.store.get_run(run_id)
+        for job in (row or {}).get("jobs", []):
+            if job["state"] in (JobState.SCHEDULED, JobState.RUNNING) and job.get("worker_id"):
+                with contextlib.suppress(Exception):
+                    await self.provider.destroy(Worker(job["worker_id"], "local", ""))
+        requested = await self.orchestrator.resume(run_id)
+        await self.bus.publish(requested)

@@ -1,0 +1,1 @@
+"""Event bus: the EventBus port, its adapters and the outbox relay."""

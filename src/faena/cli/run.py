@@ -1,0 +1,134 @@
+"""``faena run`` and ``faena resume``: drive a run in this process until it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from faena.domain.errors import FaenaError, SpecValidationError
+from faena.domain.spec import PipelineSpec
+from faena.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _print_issues(exc: SpecValidationError, file: Path) -> None:
+    for issue in exc.issues:
+        print(f"{issue} [{issue.code}]", file=sys.stderr)
+    print(f"{len(exc.issues)} error(s) in {file}", file=sys.stderr)
+
+
+def run_command(file: Path, *, jobs: int | None, json_out: bool, keep_workspace: bool) -> int:
+    from faena.spec import load_pipeline
+
+    try:
+        spec = load_pipeline(file)
+    except SpecValidationError as exc:
+        _print_issues(exc, file)
+        return EXIT_INVALID
+    # Jobs find the pipeline's directory in FAENA_SOURCE_DIR, whatever the cwd.
+    spec = replace(spec, source=str(file.resolve()))
+    settings = Settings.from_env(jobs=jobs, keep_workspace=keep_workspace or None)
+    return asyncio.run(_drive(settings, json_out, spec=spec))
+
+
+def resume_command(ref: str, *, jobs: int | None, json_out: bool) -> int:
+    settings = Settings.from_env(jobs=jobs)
+    return asyncio.run(_drive(settings, json_out, resume_ref=ref))
+
+
+async def _drive(
+    settings: Settings,
+    json_out: bool,
+    *,
+    spec: PipelineSpec | None = None,
+    resume_ref: str | None = None,
+) -> int:
+    from faena.app import App
+    from faena.cli.locks import RunLock, RunLocked
+    from faena.cli.progress import make_display
+    from faena.domain.states import RunState
+    from faena.store.port import AmbiguousRef
+
+    app = App(settings)
+    try:
+        await app.start()
+    except Exception as exc:
+        print(f"error: cannot open the store at {settings.db_url}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    lock: RunLock | None = None
+    interrupted = 0
+    try:
+        run_id: str | None = None
+        if resume_ref is not None:
+            try:
+                run_id = await app.store.resolve_run_id(resume_ref)
+            except AmbiguousRef as exc:
+                print(f"error: {exc.message}", file=sys.stderr)
+                return EXIT_INVALID
+            if run_id is None:
+                print(f"error: no run matches '{resume_ref}'", file=sys.stderr)
+                return EXIT_INVALID
+            lock = RunLock(settings.locks, run_id)
+            try:
+                lock.acquire()
+            except RunLocked as exc:
+                print(f"error: run {run_id} is still being run by {exc}", file=sys.stderr)
+                lock = None
+                return EXIT_INVALID
+        display = make_display(json_out, lambda: app.orchestrator.snapshot(run_id or ""))
+        await app.bus.subscribe("ci.>", display.on_event, durable="cli")
+        if spec is not None:
+            run_id = await app.orchestrator.submit(spec, options={"source": spec.source})
+            lock = RunLock(settings.locks, run_id)
+            lock.acquire()
+            display.start(run_id)
+        else:
+            assert run_id is not None
+            try:
+                await app.resume(run_id)
+            except FaenaError as exc:
+                print(f"error: {exc.message}", file=sys.stderr)
+                return EXIT_INVALID
+            display.start(run_id)
+            display.note(f"resuming run {run_id}")
+
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+
+        def on_signal() -> None:
+            nonlocal interrupted
+            interrupted += 1
+            if interrupted == 1:
+                display.note("interrupted: cancelling the run (Ctrl-C again to stop at once)")
+                assert run_id is not None
+                tasks.add(loop.create_task(app.orchestrator.cancel(run_id, "interrupted")))
+            else:
+                # Second Ctrl-C: leave now; workers are killed by the agent's close.
+                waiter.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        waiter = asyncio.ensure_future(app.orchestrator.wait(run_id))
+        try:
+            run = await waiter
+        except asyncio.CancelledError:
+            return EXIT_INTERRUPTED
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(app.bus.drain(), timeout=5)
+        display.finish(run)
+        if interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_OK if run.state is RunState.SUCCEEDED else EXIT_FAILED
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_signal_handler(sig)
+        await app.close()
+        if lock is not None:
+            lock.release()
+        sys.stdout.flush()

@@ -1,0 +1,1 @@
+"""Application services: submit, cancel, resume; DAG progression; agent reports."""

@@ -1,0 +1,60 @@
+"""The agent protocol served in-process: the orchestrator plus the log recorder."""
+
+from __future__ import annotations
+
+from faena.domain.assignment import Assignment, JobResult, StepResult
+from faena.orchestration.logs import LogRecorder
+from faena.orchestration.orchestrator import Orchestrator
+from faena.workers.port import OutputLine
+
+
+class InProcessControlPlane:
+    """What an embedded agent talks to instead of HTTP."""
+
+    def __init__(self, orchestrator: Orchestrator, logs: LogRecorder) -> None:
+        self._o = orchestrator
+        self._logs = logs
+
+    async def accept(self, assignment_id: str, job_id: str, worker_id: str) -> Assignment | None:
+        return await self._o.accept(assignment_id, job_id, worker_id)
+
+    async def worker_created(
+        self,
+        assignment_id: str,
+        job_id: str,
+        worker_id: str,
+        provider: str,
+        info: dict[str, str],
+    ) -> None:
+        await self._o.worker_created(assignment_id, job_id, worker_id, provider, info)
+
+    async def worker_failed(
+        self, assignment_id: str, job_id: str, worker_id: str, message: str
+    ) -> None:
+        await self._o.worker_failed(assignment_id, job_id, worker_id, message)
+
+    async def worker_terminated(
+        self, assignment_id: str, job_id: str, worker_id: str, exit_code: int
+    ) -> None:
+        await self._o.worker_terminated(assignment_id, job_id, worker_id, exit_code)
+
+    async def step_started(self, assignment_id: str, job_id: str, index: int, attempt: int) -> bool:
+        return await self._o.step_started(assignment_id, job_id, index, attempt)
+
+    async def step_finished(
+        self, assignment_id: str, job_id: str, index: int, attempt: int, result: StepResult
+    ) -> None:
+        await self._logs.flush()
+        await self._o.step_finished(assignment_id, job_id, index, attempt, result)
+
+    async def step_skipped(self, assignment_id: str, job_id: str, index: int, reason: str) -> None:
+        await self._o.step_skipped(assignment_id, job_id, index, reason)
+
+    async def logs(
+        self, run_id: str, job_id: str, attempt: int, index: int, lines: list[OutputLine]
+    ) -> None:
+        await self._logs.record(run_id, job_id, attempt, index, lines)
+
+    async def job_finished(self, assignment_id: str, job_id: str, result: JobResult) -> None:
+        await self._logs.flush()
+        await self._o.job_finished(assignment_id, job_id, result)

@@ -1,0 +1,659 @@
+"""The orchestrator: the only writer of run state.
+
+Commands (submit, cancel, scheduler decisions, agent reports) queue up and are handled one
+at a time by a single task against in-memory aggregates; the events of everything handled
+in one pass are committed in one transaction (group commit), then published. A caller's
+await returns only after its events are durable, so an acknowledged command is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from faena.domain import progress
+from faena.domain.assignment import Assignment, JobResult, StepResult
+from faena.domain.errors import ErrorCode, FaenaError, NotFound
+from faena.domain.events import DEFAULT_TENANT, Event, make_event, new_id
+from faena.domain.run import PipelineRun, rebuild
+from faena.domain.spec import PipelineSpec
+from faena.domain.states import JobState
+from faena.orchestration.ports import CommittedEventPublisher
+from faena.store.port import Commit, Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_INFRA_RETRIES = 3
+
+
+class RunFinished(FaenaError):
+    code = ErrorCode.ORC_STATE
+
+
+@dataclass
+class _Handle:
+    run: PipelineRun
+    spec: PipelineSpec
+    keys: set[str] = field(default_factory=set)
+
+
+class _Tx:
+    """The writes of one group commit."""
+
+    def __init__(self, tenant: str, now: Callable[[], float]) -> None:
+        self.tenant = tenant
+        self.now = now
+        self.events: list[Event] = []
+        self.jobs: dict[str, set[str]] = {}
+        self.specs: dict[str, dict[str, Any]] = {}
+        self.handles: dict[str, _Handle] = {}
+
+    def emit(self, h: _Handle, subject: str, payload: dict[str, Any]) -> Event:
+        if payload.get("spec_hash") == "":
+            payload["spec_hash"] = h.run.spec_hash
+        event = make_event(
+            subject,
+            payload,
+            correlation_id=h.run.run_id,
+            tenant_id=h.run.tenant_id,
+            now=self.now(),
+        )
+        changed = h.run.apply(event)
+        h.keys.add(event.idempotency_key)
+        self.events.append(event)
+        self.handles[h.run.run_id] = h
+        self.jobs.setdefault(h.run.run_id, set()).update(changed)
+        return event
+
+    def settle(self, h: _Handle) -> None:
+        """Apply DAG progression until the run waits on the outside world."""
+        for _ in range(10_000):
+            actions = progress.advance(h.run, h.spec)
+            if not actions:
+                return
+            for subject, payload in actions:
+                self.emit(h, subject, payload)
+        raise FaenaError(f"run {h.run.run_id}: progression does not converge")
+
+    def to_commit(self) -> Commit:
+        batch = Commit(events=list(self.events), specs=dict(self.specs))
+        for run_id, h in self.handles.items():
+            batch.runs.append(h.run.to_row())
+            for job_id in sorted(self.jobs.get(run_id, ()), key=_job_position):
+                row = h.run.jobs[job_id].to_row()
+                row["run_id"] = run_id
+                row["position"] = _job_position(job_id)
+                batch.jobs.append(row)
+        return batch
+
+
+def _job_position(job_id: str) -> int:
+    return int(job_id.rsplit(".", 1)[1])
+
+
+def run_of(job_id: str) -> str:
+    """Job ids are ``<run_id>.<n>``."""
+    return job_id.rsplit(".", 1)[0]
+
+
+class Orchestrator:
+    """Owns PipelineRun aggregates; everything else asks it to change them."""
+
+    def __init__(
+        self,
+        store: Store,
+        publisher: CommittedEventPublisher,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        clock: Callable[[], float] = time.time,
+        batch_limit: int = 512,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._tenant = tenant
+        self._clock = clock
+        self._batch_limit = batch_limit
+        self._runs: dict[str, _Handle] = {}
+        self._queue: asyncio.Queue[tuple[Callable[[_Tx], Any], asyncio.Future[Any]]] = (
+            asyncio.Queue()
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._watchers: dict[str, list[asyncio.Future[PipelineRun]]] = {}
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="orchestrator")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- the single writer ---------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[_Tx], T]) -> T:
+        if self._task is None or self._task.done():
+            raise FaenaError("orchestrator is not running", code=ErrorCode.ORC_INFRA)
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((fn, fut))
+        return await fut
+
+    async def _loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._batch_limit and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._process(batch)
+
+    async def _process(self, batch: list[tuple[Callable[[_Tx], Any], asyncio.Future[Any]]]) -> None:
+        tx = _Tx(self._tenant, self._clock)
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        broken: set[str] = set()
+        for fn, fut in batch:
+            mark = len(tx.events)
+            try:
+                outcomes.append((fut, fn(tx), None))
+            except Exception as exc:
+                if not isinstance(exc, FaenaError):
+                    log.exception("orchestrator command failed")
+                # Drop the failed command's events; its runs are rebuilt from the store.
+                for e in tx.events[mark:]:
+                    broken.add(e.correlation_id)
+                del tx.events[mark:]
+                outcomes.append((fut, None, exc))
+        try:
+            if tx.events or tx.specs:
+                await self._store.commit(tx.to_commit())
+        except Exception as exc:
+            log.exception("commit failed")
+            broken.update(tx.handles)
+            error = FaenaError(f"store unavailable: {exc}", code=ErrorCode.ORC_INFRA)
+            outcomes = [(fut, None, err or error) for fut, _, err in outcomes]
+            tx.events.clear()
+        for run_id in broken:
+            self._runs.pop(run_id, None)
+            with contextlib.suppress(Exception):
+                await self._load(run_id)
+        if tx.events:
+            await self._publisher.publish_committed(tx.events)
+        for fut, value, err in outcomes:
+            if fut.done():
+                continue
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(value)
+        for run_id, h in tx.handles.items():
+            if h.run.state.terminal:
+                for w in self._watchers.pop(run_id, []):
+                    if not w.done():
+                        w.set_result(h.run)
+
+    async def _load(self, run_id: str) -> _Handle:
+        h = self._runs.get(run_id)
+        if h is not None:
+            return h
+        stored = await self._store.run_events(run_id)
+        if not stored:
+            raise NotFound(f"no run {run_id}")
+        events = [s.event for s in stored]
+        run = rebuild(run_id, events)
+        spec_data = await self._store.get_spec(run.spec_hash)
+        if spec_data is None:
+            raise NotFound(f"run {run_id}: its pipeline spec is missing from the store")
+        h = _Handle(run, PipelineSpec.from_dict(spec_data), {e.idempotency_key for e in events})
+        self._runs[run_id] = h
+        return h
+
+    def _handle(self, run_id: str) -> _Handle:
+        h = self._runs.get(run_id)
+        if h is None:
+            raise NotFound(f"run {run_id} is not loaded")
+        return h
+
+    # -- queries -------------------------------------------------------------------------
+
+    def snapshot(self, run_id: str) -> PipelineRun | None:
+        """The live in-memory state of a loaded run (read-only use)."""
+        h = self._runs.get(run_id)
+        return h.run if h else None
+
+    async def wait(self, run_id: str) -> PipelineRun:
+        """Return once the run is finished."""
+        h = self._runs.get(run_id)
+        if h is not None and h.run.state.terminal:
+            return h.run
+        fut: asyncio.Future[PipelineRun] = asyncio.get_running_loop().create_future()
+        self._watchers.setdefault(run_id, []).append(fut)
+        return await fut
+
+    # -- commands ------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        spec: PipelineSpec,
+        *,
+        options: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Record a new PipelineRun and start its DAG; returns the run id."""
+        rid = run_id or new_id()[:12]
+
+        def command(tx: _Tx) -> str:
+            if rid in self._runs:
+                raise FaenaError(f"run {rid} exists", code=ErrorCode.ORC_VALID)
+            spec_hash = spec.spec_hash()
+            run = PipelineRun(
+                run_id=rid, pipeline=spec.name, spec_hash=spec_hash, tenant_id=self._tenant
+            )
+            h = _Handle(run, spec)
+            plan = progress.plan_jobs(rid, spec)
+            tx.specs[spec_hash] = spec.to_dict()
+            tx.emit(
+                h,
+                "ci.run.v1.requested",
+                {
+                    "run_id": rid,
+                    "pipeline": spec.name,
+                    "spec_hash": spec_hash,
+                    "source": spec.source,
+                    "options": dict(options or {}),
+                    **plan,
+                },
+            )
+            self._runs[rid] = h
+            tx.settle(h)
+            return rid
+
+        return await self._call(command)
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by user") -> None:
+        """Ask a run to stop: queued jobs are cancelled, running ones revoked; idempotent."""
+        await self._load(run_id)
+
+        def command(tx: _Tx) -> None:
+            h = self._handle(run_id)
+            if h.run.state.terminal or h.run.cancel_requested:
+                return
+            tx.emit(h, "ci.run.v1.cancel_requested", {"run_id": run_id, "reason": reason})
+            tx.settle(h)
+
+        await self._call(command)
+
+    async def resume(self, run_id: str) -> list[Event]:
+        """Continue a run a dead process left behind; returns the JobRequested events of
+        queued jobs, which the caller republishes to the (fresh) scheduler."""
+        self._runs.pop(run_id, None)
+        h = await self._load(run_id)
+        if h.run.state.terminal:
+            raise RunFinished(f"run {run_id} already finished ({h.run.state.value})")
+
+        def command(tx: _Tx) -> list[str]:
+            requeued: list[str] = []
+            for job in list(h.run.jobs.values()):
+                if job.state not in (JobState.SCHEDULED, JobState.RUNNING):
+                    continue
+                if job.state is JobState.RUNNING and job.worker_id:
+                    tx.emit(
+                        h,
+                        "ci.worker.v1.failed",
+                        {
+                            "worker_id": job.worker_id,
+                            "job_id": job.job_id,
+                            "error_code": ErrorCode.ORC_INFRA.value,
+                            "message": "the process running this job stopped",
+                        },
+                    )
+                tx.emit(h, *_requeue(job.job_id, job.attempt + 1, "infra"))
+                requeued.append(job.job_id)
+            tx.settle(h)
+            return [j.job_id for j in h.run.jobs.values() if j.state is JobState.PENDING]
+
+        pending = set(await self._call(command))
+        stored = await self._store.run_events(run_id)
+        latest: dict[str, Event] = {}
+        for s in stored:
+            if s.event.subject == "ci.job.v1.requested" and s.event.payload["job_id"] in pending:
+                latest[s.event.payload["job_id"]] = s.event
+        return list(latest.values())
+
+    # -- scheduler port ------------------------------------------------------------------
+
+    async def create_assignment(
+        self, job_id: str, attempt: int, node_id: str, policy: str
+    ) -> str | None:
+        """Record the scheduler's placement; None when the job no longer waits for one."""
+        h = await self._load(run_of(job_id))
+
+        def command(tx: _Tx) -> str | None:
+            job = h.run.jobs.get(job_id)
+            if job is None or job.state is not JobState.PENDING or job.attempt != attempt:
+                return None
+            assignment_id = new_id()
+            tx.emit(
+                h,
+                "ci.assignment.v1.created",
+                {
+                    "assignment_id": assignment_id,
+                    "job_id": job_id,
+                    "node_id": node_id,
+                    "policy": policy,
+                    "attempt": attempt,
+                },
+            )
+            return assignment_id
+
+        return await self._call(command)
+
+    # -- agent reports (the control plane seen by agents) --------------------------------
+
+    def _fenced(self, job_id: str, assignment_id: str) -> tuple[_Handle, Any] | None:
+        h = self._runs.get(run_of(job_id))
+        if h is None:
+            return None
+        job = h.run.jobs.get(job_id)
+        if job is None or job.assignment_id != assignment_id:
+            return None
+        return h, job
+
+    async def accept(self, assignment_id: str, job_id: str, worker_id: str) -> Assignment | None:
+        """The agent takes the assignment; None if it was revoked or superseded."""
+        await self._load(run_of(job_id))
+
+        def command(tx: _Tx) -> Assignment | None:
+            found = self._fenced(job_id, assignment_id)
+            if found is None:
+                return None
+            h, job = found
+            if job.state is JobState.SCHEDULED:
+                tx.emit(
+                    h,
+                    "ci.assignment.v1.accepted",
+                    {
+                        "assignment_id": assignment_id,
+                        "job_id": job_id,
+                        "node_id": job.node_id,
+                        "attempt": job.attempt,
+                    },
+                )
+                tx.emit(
+                    h,
+                    "ci.job.v1.started",
+                    {"job_id": job_id, "worker_id": worker_id, "attempt": job.attempt},
+                )
+            elif job.state is not JobState.RUNNING or job.worker_id != worker_id:
+                return None
+            if job.cancel_requested:
+                return None
+            spec = progress.concrete_job(h.spec, job)
+            ctx = progress.expression_context(h.run, h.spec, spec)
+            ctx.pop("__status__", None)
+            return Assignment(
+                assignment_id=assignment_id,
+                run_id=h.run.run_id,
+                job_id=job_id,
+                attempt=job.attempt,
+                job=spec,
+                context=ctx,
+                pipeline_env=dict(h.spec.env),
+                shell=h.spec.shell,
+                working_directory=h.spec.working_directory,
+                tenant_id=h.run.tenant_id,
+            )
+
+        return await self._call(command)
+
+    async def worker_created(
+        self,
+        assignment_id: str,
+        job_id: str,
+        worker_id: str,
+        provider: str,
+        info: dict[str, str],
+    ) -> None:
+        def command(tx: _Tx) -> None:
+            found = self._fenced(job_id, assignment_id)
+            if found is None:
+                return
+            h, _ = found
+            payload = {
+                "worker_id": worker_id,
+                "provider_id": provider,
+                "runtime_spec": info,
+                "job_id": job_id,
+            }
+            if "ci.worker.v1.created:" + worker_id not in h.keys:
+                tx.emit(h, "ci.worker.v1.created", payload)
+
+        await self._call(command)
+
+    async def worker_terminated(
+        self, assignment_id: str, job_id: str, worker_id: str, exit_code: int
+    ) -> None:
+        def command(tx: _Tx) -> None:
+            found = self._fenced(job_id, assignment_id)
+            if found is None:
+                return
+            h, _ = found
+            if "ci.worker.v1.terminated:" + worker_id not in h.keys:
+                tx.emit(
+                    h,
+                    "ci.worker.v1.terminated",
+                    {"worker_id": worker_id, "exit_code": exit_code, "job_id": job_id},
+                )
+
+        await self._call(command)
+
+    async def worker_failed(
+        self, assignment_id: str, job_id: str, worker_id: str, message: str
+    ) -> None:
+        """The provider could not give a worker: re-queue without using the job's attempts."""
+
+        def command(tx: _Tx) -> None:
+            found = self._fenced(job_id, assignment_id)
+            if found is None:
+                return
+            h, job = found
+            if job.state is not JobState.RUNNING:
+                return
+            tx.emit(
+                h,
+                "ci.worker.v1.failed",
+                {
+                    "worker_id": worker_id,
+                    "job_id": job_id,
+                    "error_code": ErrorCode.WKM_PROV.value,
+                    "message": message,
+                },
+            )
+            if job.infra_retries < MAX_INFRA_RETRIES and not job.cancel_requested:
+                tx.emit(h, *_requeue(job_id, job.attempt + 1, "infra"))
+            else:
+                tx.emit(
+                    h,
+                    "ci.job.v1.failed",
+                    {
+                        "job_id": job_id,
+                        "attempt": job.attempt,
+                        "error_code": ErrorCode.WKM_PROV.value,
+                        "retryable": False,
+                        "message": message,
+                    },
+                )
+            tx.settle(h)
+
+        await self._call(command)
+
+    async def step_started(self, assignment_id: str, job_id: str, index: int, attempt: int) -> bool:
+        """Record a step start; False tells the agent to stop (revoked or superseded)."""
+
+        def command(tx: _Tx) -> bool:
+            found = self._fenced(job_id, assignment_id)
+            if found is None:
+                return False
+            h, job = found
+            if job.state is not JobState.RUNNING:
+                return False
+            payload = {
+                "step_id": f"{job_id}.s{index}",
+                "job_id": job_id,
+                "index": index,
+                "exec_id": f"{job.attempt}.{attempt}",
+                "attempt": attempt,
+            }
+            key = f"ci.step.v1.started:{payload['step_id']}:{payload['exec_id']}:{attempt}"
+            if key not in h.keys:
+                tx.emit(h, "ci.step.v1.started", payload)
+            return not job.cancel_requested
+
+        return await self._call(command)
+
+    async def step_finished(
+        self, assignment_id: str, job_id: str, index: int, attempt: int, result: StepResult
+    ) -> None:
+        def command(tx: _Tx) -> None:
+            found = self._fenced(job_id, assignment_id)
+            if found is None:
+                return
+            h, job = found
+            step_id = f"{job_id}.s{index}"
+            if index >= len(job.steps) or job.steps[index].attempt != attempt:
+                return
+            if job.steps[index].state.terminal:
+                return  # a duplicate report
+            base = {
+                "step_id": step_id,
+                "job_id": job_id,
+                "index": index,
+                "attempt": attempt,
+                "exit_code": result.exit_code,
+                "duration_ms": result.duration_ms,
+                "outputs": dict(result.outputs),
+            }
+            if result.outcome == "success":
+                subject = "ci.step.v1.completed"
+                payload = {**base, "result_ref": "success"}
+            else:
+                subject = "ci.step.v1.failed"
+                payload = {
+                    **base,
+                    "error_code": result.error_code or "EXEC-FAILED",
+                    "retryable": result.will_retry,
+                    "will_retry": result.will_retry,
+                    "message": result.message,
+                    "continue_on_error": result.continue_on_error,
+                    "cancelled": result.outcome == "cancelled",
+                }
+            tx.emit(h, subject, payload)
+
+        await self._call(command)
+
+    async def step_skipped(self, assignment_id: str, job_id: str, index: int, reason: str) -> None:
+        def command(tx: _Tx) -> None:
+            found = self._fenced(job_id, assignment_id)
+            if found is None:
+                return
+            h, job = found
+            if index >= len(job.steps) or job.steps[index].state.terminal:
+                return
+            tx.emit(
+                h,
+                "ci.step.v1.skipped",
+                {
+                    "step_id": f"{job_id}.s{index}",
+                    "job_id": job_id,
+                    "index": index,
+                    "reason": reason,
+                    "attempt": job.attempt,
+                },
+            )
+
+        await self._call(command)
+
+    async def job_finished(self, assignment_id: str, job_id: str, result: JobResult) -> None:
+        """The agent's final word on a job attempt; applies the job's retry policy."""
+
+        def command(tx: _Tx) -> None:
+            found = self._fenced(job_id, assignment_id)
+            if found is None:
+                return
+            h, job = found
+            if job.state is not JobState.RUNNING:
+                return
+            if result.outcome == "success":
+                tx.emit(
+                    h,
+                    "ci.job.v1.completed",
+                    {
+                        "job_id": job_id,
+                        "result_ref": "success",
+                        "attempt": job.attempt,
+                        "outputs": dict(result.outputs),
+                    },
+                )
+            elif result.outcome == "cancelled":
+                tx.emit(
+                    h,
+                    "ci.job.v1.cancelled",
+                    {
+                        "job_id": job_id,
+                        "attempt": job.attempt,
+                        "reason": result.message or "cancelled",
+                    },
+                )
+            else:
+                policy = progress.concrete_job(h.spec, job).retry
+                retry = (
+                    job.retries_used + 1 < policy.max_attempts
+                    and not job.cancel_requested
+                    and not h.run.cancel_requested
+                )
+                tx.emit(
+                    h,
+                    "ci.job.v1.failed",
+                    {
+                        "job_id": job_id,
+                        "attempt": job.attempt,
+                        "error_code": result.error_code or "EXEC-FAILED",
+                        "retryable": retry,
+                        "will_retry": retry,
+                        "message": result.message,
+                        "outputs": dict(result.outputs),
+                    },
+                )
+                if retry:
+                    delay = policy.delay_before(job.retries_used + 2)
+                    tx.emit(
+                        h,
+                        *_requeue(
+                            job_id,
+                            job.attempt + 1,
+                            "retry",
+                            tx.now() + delay if delay > 0 else None,
+                        ),
+                    )
+            tx.settle(h)
+
+        await self._call(command)
+
+
+def _requeue(
+    job_id: str, attempt: int, reason: str, not_before: float | None = None
+) -> tuple[str, dict[str, Any]]:
+    payload: dict[str, Any] = {
+        "job_id": job_id,
+        "spec_hash": "",
+        "attempt": attempt,
+        "reason": reason,
+    }
+    if not_before is not None:
+        payload["not_before"] = not_before
+    return "ci.job.v1.requested", payload

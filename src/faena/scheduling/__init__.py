@@ -1,0 +1,1 @@
+"""Scheduling: queue, placement, capacity."""

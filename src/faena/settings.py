@@ -1,0 +1,53 @@
+"""Configuration from the environment (``FAENA_*``), with the same names as CLI flags.
+
+A plain dataclass rather than pydantic-settings: importing pydantic costs ~0.18 s here,
+which the CLI's start-up budget cannot afford (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _bool(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: Path(".faena"))
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    keep_workspace: bool = False
+    database_url: str | None = None
+    tenant: str = "default"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.home.resolve() / 'faena.db'}"
+
+    @property
+    def workspaces(self) -> Path:
+        return self.home / "workspaces"
+
+    @property
+    def locks(self) -> Path:
+        return self.home / "locks"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read ``FAENA_*`` variables; non-None keyword overrides (CLI flags) win."""
+        e = os.environ if env is None else env
+        values: dict[str, object] = {}
+        if e.get("FAENA_HOME"):
+            values["home"] = Path(e["FAENA_HOME"])
+        if e.get("FAENA_JOBS"):
+            values["jobs"] = int(e["FAENA_JOBS"])
+        if e.get("FAENA_KEEP_WORKSPACE"):
+            values["keep_workspace"] = _bool(e["FAENA_KEEP_WORKSPACE"])
+        if e.get("FAENA_DATABASE_URL"):
+            values["database_url"] = e["FAENA_DATABASE_URL"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
