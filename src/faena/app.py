@@ -23,12 +23,17 @@ from faena.workers.providers.local import LocalProvider
 NODE_ID = "local"
 
 
+def open_store(settings: Settings) -> Store:
+    """The store the settings name, not yet opened (for read-only commands)."""
+    return SqlStore(settings.db_url)
+
+
 class App:
     """The embedded shape: SQL store, in-process bus, FIFO scheduler, local workers."""
 
     def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
         self.settings = settings
-        self.store: Store = store or SqlStore(settings.db_url)
+        self.store: Store = store or open_store(settings)
         self.bus = MemoryBus()
         self.relay = OutboxRelay(self.store, self.bus)
         self.orchestrator = Orchestrator(self.store, self.relay, tenant=settings.tenant)

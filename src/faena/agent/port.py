@@ -36,7 +36,7 @@ class ControlPlane(Protocol):
     ) -> None: ...
 
     async def step_started(self, assignment_id: str, job_id: str, index: int, attempt: int) -> bool:
-        """False tells the agent to stop the job (revoked)."""
+        """False tells the agent the job moved on without it (fenced)."""
         ...
 
     async def step_finished(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from faena.agent.port import ControlPlane
@@ -248,9 +248,9 @@ class JobRunner:
                 and not st.timed_out
             )
             if retry:
-                outcome = StepResult(**{**outcome.__dict__, "will_retry": True})
+                outcome = replace(outcome, will_retry=True)
             elif outcome.outcome == "failure" and step.continue_on_error:
-                outcome = StepResult(**{**outcome.__dict__, "continue_on_error": True})
+                outcome = replace(outcome, continue_on_error=True)
             if deadline is not None and time.monotonic() >= deadline:
                 st.timed_out = True
             await self._control.step_finished(a.assignment_id, a.job_id, index, attempt, outcome)
@@ -339,24 +339,28 @@ class JobRunner:
             return StepResult("failure", error_code=exc.code.value, message=exc.message), None
         finally:
             live.exec_id = None
-        base = {
-            "exit_code": result.exit_code,
-            "duration_ms": result.duration_ms,
-            "outputs": dict(result.outputs),
-        }
-        if live.revoked or result.cancelled:
-            return StepResult("cancelled", message="cancelled", **base), result
+        base = StepResult(
+            "success",
+            exit_code=result.exit_code,
+            duration_ms=result.duration_ms,
+            outputs=dict(result.outputs),
+        )
+        # Only the exec running when the revocation came is cancelled: the cleanup steps
+        # that run afterwards (`if: cancelled()`/`always()`) are allowed to finish.
+        if result.cancelled:
+            return replace(base, outcome="cancelled", message="cancelled"), result
         if result.timed_out:
             if job_bound:
                 st_msg = f"job timed out after {a.job.timeout:g}s"
             else:
                 st_msg = f"step timed out after {step.timeout:g}s"
             await buf.note(st_msg)
-            return StepResult("failure", error_code="EXEC-TIMEOUT", message=st_msg, **base), result
+            timed_out = replace(base, outcome="failure", error_code="EXEC-TIMEOUT", message=st_msg)
+            return timed_out, result
         if result.exit_code != 0:
             msg = f"exit code {result.exit_code}"
-            return StepResult("failure", error_code="EXEC-FAILED", message=msg, **base), result
-        return StepResult("success", **base), result
+            return replace(base, outcome="failure", error_code="EXEC-FAILED", message=msg), result
+        return base, result
 
     def _collect_outputs(self, a: Assignment, st: _JobState, live: _Live) -> None:
         merged: dict[str, str] = {}

@@ -12,9 +12,9 @@ from faena.settings import Settings
 
 
 def _open_store(settings: Settings) -> Any:
-    from faena.store.sql import SqlStore
+    from faena.app import open_store
 
-    return SqlStore(settings.db_url)
+    return open_store(settings)
 
 
 def runs_command(limit: int, json_out: bool) -> int:

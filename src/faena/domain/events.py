@@ -195,7 +195,7 @@ class Event:
     tenant_id: str = DEFAULT_TENANT
     traceparent: str = ""
     event_id: str = field(default_factory=new_id)
-    occurred_at: float = field(default_factory=time.time)
+    occurred_at: float = field(default_factory=lambda: canonical_time(time.time()))
 
     @property
     def name(self) -> str:
@@ -230,6 +230,11 @@ class Event:
 def iso(ts: float) -> str:
     """Epoch seconds as RFC 3339 UTC with microseconds."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_time(ts: float) -> float:
+    """``ts`` at the microsecond precision the log keeps, so it survives a round trip."""
+    return parse_iso(iso(ts))
 
 
 def parse_iso(value: str | float) -> float:
@@ -272,7 +277,7 @@ def make_event(
         idempotency_key=idempotency_key(subject, payload),
         tenant_id=tenant_id,
         traceparent=traceparent,
-        occurred_at=time.time() if now is None else now,
+        occurred_at=canonical_time(time.time() if now is None else now),
     )
 
 

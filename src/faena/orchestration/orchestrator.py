@@ -512,7 +512,8 @@ class Orchestrator:
             key = f"ci.step.v1.started:{payload['step_id']}:{payload['exec_id']}:{attempt}"
             if key not in h.keys:
                 tx.emit(h, "ci.step.v1.started", payload)
-            return not job.cancel_requested
+            # A cancelled job still runs its `if: cancelled()`/`always()` steps.
+            return True
 
         return await self._call(command)
 

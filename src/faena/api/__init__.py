@@ -1,0 +1,1 @@
+"""faena.api: arrives with a later issue (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""faena.console: arrives with a later issue (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""faena.security: arrives with a later issue (see DESIGN.md)."""
