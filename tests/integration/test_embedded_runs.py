@@ -385,3 +385,25 @@ async def test_many_jobs_all_finish(harness: Harness) -> None:
     assert run.state is RunState.SUCCEEDED
     assert len(run.jobs) == 40
     assert list(Path(harness.app.settings.workspaces).iterdir()) == []
+
+
+async def test_hash_files_reads_the_workspace(harness: Harness) -> None:
+    run = await harness.run(
+        """
+jobs:
+  cache:
+    steps:
+      - run: mkdir -p deps && echo a > deps/one.lock && echo b > two.lock
+      - run: |
+          test -n "${{ hashFiles('**/*.lock') }}"
+          test "${{ hashFiles('none/*.x') }}" = ""
+      - run: echo ${{ hashFiles('../outside') }}
+"""
+    )
+    job = harness.job(run, "cache")
+    assert [s.state for s in job.steps] == [
+        StepState.SUCCEEDED,
+        StepState.SUCCEEDED,
+        StepState.FAILED,
+    ]
+    assert "must stay inside the workspace" in " ".join(await harness.logs(run, "cache"))

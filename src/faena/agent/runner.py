@@ -13,8 +13,10 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from faena.agent.hashfiles import hash_files
 from faena.agent.port import ControlPlane
 from faena.domain import expressions
 from faena.domain.assignment import Assignment, JobResult, StepResult
@@ -188,7 +190,7 @@ class JobRunner:
     def _context(
         self, a: Assignment, env: dict[str, str], st: _JobState, live: _Live
     ) -> dict[str, Any]:
-        return {
+        ctx = {
             **a.context,
             "env": env,
             "steps": st.steps,
@@ -199,6 +201,10 @@ class JobRunner:
                 "cancelled": live.revoked,
             },
         }
+        if live.worker is not None and Path(live.worker.workspace).is_dir():
+            root = Path(live.worker.workspace)
+            ctx[expressions.HASH_FILES_KEY] = lambda patterns: hash_files(root, patterns)
+        return ctx
 
     async def _fail_without_running(
         self, a: Assignment, index: int, buf: LogBuffer, st: _JobState, message: str

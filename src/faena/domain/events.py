@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 DEFAULT_TENANT = "default"
@@ -227,6 +227,10 @@ class Event:
         )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
 def iso(ts: float) -> str:
     """Epoch seconds as RFC 3339 UTC with microseconds."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -234,13 +238,17 @@ def iso(ts: float) -> str:
 
 def canonical_time(ts: float) -> float:
     """``ts`` at the microsecond precision the log keeps, so it survives a round trip."""
-    return parse_iso(iso(ts))
+    return round(ts * 1_000_000) / 1_000_000
 
 
 def parse_iso(value: str | float) -> float:
+    """The inverse of ``iso``, exact for canonical times."""
     if isinstance(value, int | float):
-        return float(value)
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+        return canonical_time(float(value))
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return ((dt - _EPOCH) // _US) / 1_000_000
 
 
 def idempotency_key(subject: str, payload: Mapping[str, Any]) -> str:

@@ -19,8 +19,10 @@ from typing import Any, NamedTuple
 from faena.domain.errors import ErrorCode, FaenaError
 
 __all__ = [
+    "HASH_FILES_KEY",
     "MAX_DEPTH",
     "MAX_LENGTH",
+    "STATUS_KEY",
     "Call",
     "Compare",
     "Expr",
@@ -431,7 +433,10 @@ def _fn_hash_files(args: list[Any], ctx: Mapping[str, Any]) -> str:
     hasher = ctx.get(HASH_FILES_KEY)
     if not callable(hasher):
         raise _FunctionError("hashFiles() is only available where the workspace is")
-    return str(hasher([_to_string(pattern) for pattern in args]))
+    try:
+        return str(hasher([_to_string(pattern) for pattern in args]))
+    except (ValueError, OSError) as exc:
+        raise _FunctionError(str(exc)) from None
 
 
 def _status(name: str) -> Callable[[list[Any], Mapping[str, Any]], bool]:

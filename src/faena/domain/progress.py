@@ -198,10 +198,12 @@ def _fail(job_id: str, attempt: int, code: str, message: str) -> Action:
 def _releases(run: PipelineRun, spec: PipelineSpec, touched: set[str]) -> list[Action]:
     actions: list[Action] = []
     active_by_group: dict[str, int] = {}
-    for j in run.active_jobs():
-        active_by_group[j.group] = active_by_group.get(j.group, 0) + 1
-    for job in run.jobs.values():
-        if job.state is not JobState.WAITING or job.job_id in touched:
+    limited = any(j.strategy and j.strategy.max_parallel for j in spec.jobs.values())
+    if limited:
+        for j in run.active_jobs():
+            active_by_group[j.group] = active_by_group.get(j.group, 0) + 1
+    for job in run.waiting_jobs():
+        if job.job_id in touched:
             continue
         if not _needs_done(run, job.needs):
             continue

@@ -8,7 +8,7 @@ state by construction. ``apply`` enforces the FROM/TO rules and raises IllegalTr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from faena.domain.errors import FaenaError, NotFound
@@ -79,7 +79,25 @@ class JobRun:
         return [StepRun(index=i, name=n) for i, n in enumerate(self.step_names)]
 
     def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+        row = _shallow(self)
+        row["steps"] = [_shallow(s) for s in self.steps]
+        return row
+
+
+def _shallow(obj: Any) -> dict[str, Any]:
+    """Like ``asdict`` for flat dataclasses, without its deep copies (hot path)."""
+    row = {}
+    for name in _FIELDS.setdefault(type(obj), tuple(f.name for f in fields(obj))):
+        value = getattr(obj, name)
+        if isinstance(value, dict):
+            value = dict(value)
+        elif isinstance(value, list):
+            value = list(value)
+        row[name] = value
+    return row
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 @dataclass
@@ -103,6 +121,25 @@ class PipelineRun:
     options: dict[str, Any] = field(default_factory=dict)
     last_event_at: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Indexes kept by ``add_job`` and ``_job_to`` so progression stays O(changes), not
+        # O(jobs), per event on runs of thousands of jobs. Not part of the row.
+        self._groups: dict[str, list[JobRun]] = {}
+        self._waiting: dict[str, None] = {}
+        self._open = 0
+
+    def add_job(self, job: JobRun) -> None:
+        self.jobs[job.job_id] = job
+        self._groups.setdefault(job.group, []).append(job)
+        if job.state is JobState.WAITING:
+            self._waiting[job.job_id] = None
+        if not job.state.terminal:
+            self._open += 1
+
+    def waiting_jobs(self) -> list[JobRun]:
+        """WAITING jobs in creation order."""
+        return [self.jobs[j] for j in self._waiting]
+
     # -- queries -----------------------------------------------------------------------
 
     def job(self, job_id: str) -> JobRun:
@@ -113,7 +150,7 @@ class PipelineRun:
 
     def group_jobs(self, key: str) -> list[JobRun]:
         """The run's jobs for spec key ``key`` (one, or one per matrix combination)."""
-        return [j for j in self.jobs.values() if j.group == key]
+        return self._groups.get(key, [])
 
     def group_done(self, key: str) -> bool:
         return key not in self.templates and all(j.state.terminal for j in self.group_jobs(key))
@@ -154,14 +191,15 @@ class PipelineRun:
         return seen
 
     def is_finished(self) -> bool:
-        return not self.templates and all(j.state.terminal for j in self.jobs.values())
+        return not self.templates and self._open == 0
 
     def active_jobs(self) -> Iterator[JobRun]:
         return (j for j in self.jobs.values() if j.state.active)
 
     def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
+        row = _shallow(self)
         row.pop("jobs")
+        row["templates"] = {k: list(v) for k, v in self.templates.items()}
         return row
 
     # -- apply -------------------------------------------------------------------------
@@ -204,6 +242,12 @@ def _on(subject: str) -> Callable[[Handler], Handler]:
 
 def _job_to(run: PipelineRun, job: JobRun, target: JobState) -> None:
     check_job(f"job {job.job_id} ({job.name})", job.state, target)
+    if job.state is JobState.WAITING:
+        run._waiting.pop(job.job_id, None)
+    if target is JobState.WAITING:
+        run._waiting[job.job_id] = None
+    if job.state.terminal != target.terminal:
+        run._open += -1 if target.terminal else 1
     job.state = target
 
 
@@ -220,7 +264,7 @@ def _run_requested(run: PipelineRun, p: dict[str, Any], ts: float) -> list[str]:
     run.options = dict(p.get("options", {}))
     run.templates = {k: list(v) for k, v in p.get("templates", {}).items()}
     for spec in p["jobs"]:
-        run.jobs[spec["job_id"]] = new_job(spec)
+        run.add_job(new_job(spec))
     return list(run.jobs)
 
 
@@ -265,7 +309,7 @@ def _job_expanded(run: PipelineRun, p: dict[str, Any], ts: float) -> list[str]:
     del run.templates[template]
     changed = []
     for spec in p["jobs"]:
-        run.jobs[spec["job_id"]] = new_job(spec)
+        run.add_job(new_job(spec))
         changed.append(spec["job_id"])
     return changed
 

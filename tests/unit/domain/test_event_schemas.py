@@ -13,13 +13,18 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from faena.domain.events import (
     CATALOGUE,
     Event,
     UnknownSubject,
+    canonical_time,
     idempotency_key,
+    iso,
     make_event,
+    parse_iso,
     subject_matches,
 )
 
@@ -122,3 +127,10 @@ def test_unknown_subject_and_missing_fields_are_rejected() -> None:
 )
 def test_subject_matching(pattern: str, subject: str, expected: bool) -> None:
     assert subject_matches(pattern, subject) is expected
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_event_times_survive_the_log_round_trip(ts: float) -> None:
+    c = canonical_time(ts)
+    assert parse_iso(iso(c)) == c
+    assert abs(c - ts) <= 1e-6

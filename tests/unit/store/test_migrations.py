@@ -1,0 +1,160 @@
+"""The packaged Alembic migrations: head constant, upgrade from empty, parity with sql.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from faena.store.sql import HEAD_REVISION, METADATA, MIGRATIONS_DIR, SqlStore, upgrade_schema
+
+
+def alembic_config(connection: sa.Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "nested" / "faena.db"
+
+
+@pytest.fixture
+def sync_engine(db_path: Path) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(f"sqlite:///{db_path}")
+    yield engine
+    engine.dispose()
+
+
+async def migrate_with_store(db_path: Path) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{db_path}")
+    await store.open()  # creates the parent directory too
+    await store.close()
+
+
+def schema(engine: sa.Engine) -> dict[str, dict[str, Any]]:
+    """Tables as the database reports them: columns, primary key, indexes, unique constraints."""
+    inspector = sa.inspect(engine)
+    return {
+        table: {
+            "columns": [(c["name"], c["nullable"]) for c in inspector.get_columns(table)],
+            "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"])) for i in inspector.get_indexes(table)
+            ),
+            "unique": sorted(
+                (u["name"], tuple(u["column_names"]))
+                for u in inspector.get_unique_constraints(table)
+            ),
+        }
+        for table in inspector.get_table_names()
+        if table != "alembic_version"
+    }
+
+
+def declared(metadata: sa.MetaData) -> dict[str, dict[str, Any]]:
+    """The same description, from sql.py's METADATA."""
+    return {
+        table.name: {
+            "columns": [(c.name, bool(c.nullable)) for c in table.columns],
+            "primary_key": [c.name for c in table.primary_key.columns],
+            "indexes": sorted((i.name, tuple(c.name for c in i.columns)) for i in table.indexes),
+            "unique": sorted(
+                (u.name, tuple(c.name for c in u.columns))
+                for u in table.constraints
+                if isinstance(u, sa.UniqueConstraint)
+            ),
+        }
+        for table in metadata.sorted_tables
+    }
+
+
+def test_head_constant_is_the_migrations_head() -> None:
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert scripts.get_heads() == [HEAD_REVISION]
+    names = sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py"))
+    assert names[-1].startswith(f"{HEAD_REVISION}_")  # files are numbered like revisions
+
+
+async def test_upgrade_from_empty_creates_all_tables(db_path: Path, sync_engine: sa.Engine) -> None:
+    assert not db_path.parent.exists()
+    await migrate_with_store(db_path)
+
+    tables = set(sa.inspect(sync_engine).get_table_names())
+    assert tables == {
+        "runs",
+        "jobs",
+        "specs",
+        "events",
+        "outbox",
+        "inbox",
+        "logs",
+        "alembic_version",
+    }
+    with sync_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == (
+            HEAD_REVISION
+        )
+
+
+async def test_migrated_schema_matches_sql_metadata(db_path: Path, sync_engine: sa.Engine) -> None:
+    await migrate_with_store(db_path)
+    assert schema(sync_engine) == declared(METADATA)
+
+
+def test_downgrade_to_base_drops_every_table(db_path: Path, sync_engine: sa.Engine) -> None:
+    db_path.parent.mkdir()
+    with sync_engine.begin() as conn:
+        upgrade_schema(conn)
+    with sync_engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "base")
+    assert set(sa.inspect(sync_engine).get_table_names()) == {"alembic_version"}
+
+
+async def test_upgrade_is_idempotent(db_path: Path, sync_engine: sa.Engine) -> None:
+    await migrate_with_store(db_path)
+    with sync_engine.begin() as conn:
+        upgrade_schema(conn)  # already at head: nothing to do, nothing fails
+    await migrate_with_store(db_path)
+    assert schema(sync_engine) == declared(METADATA)
+
+
+_OPEN_AND_REPORT = """
+import asyncio, sys
+from faena.store.sql import SqlStore
+
+async def main():
+    store = SqlStore(sys.argv[1])
+    await store.open()
+    await store.close()
+
+asyncio.run(main())
+print("alembic" in sys.modules)
+"""
+
+
+def _imports_alembic(url: str) -> bool:
+    out = subprocess.run(
+        [sys.executable, "-c", _OPEN_AND_REPORT, url],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return out.stdout.strip() == "True"
+
+
+def test_open_skips_alembic_when_the_schema_is_at_head(db_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{db_path}"
+    assert _imports_alembic(url)  # an empty database needs the migrations
+    assert not _imports_alembic(url)  # at head: one query, no Alembic import
