@@ -1,0 +1,505 @@
+"""The Store contract: one suite, run against every adapter of the port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from faena.domain.events import Event, make_event
+from faena.domain.run import PipelineRun, new_job
+from faena.domain.states import JobState, RunState
+from faena.store.memory import MemoryStore
+from faena.store.port import AmbiguousRef, Commit, LogLine, Store
+from faena.store.sql import SqlStore
+
+ADAPTERS = [
+    "memory",
+    "sqlite",
+    # POSTGRESQL: the later issue that brings the PostgreSQL server fixture adds "postgresql"
+    # here and a branch in `make_store` pointing SqlStore at a fresh database on that server.
+]
+
+# Adapters that keep their data across instances (restarts), and the SQLite-only checks.
+DURABLE = [a for a in ADAPTERS if a != "memory"]
+SQLITE = ["sqlite"]
+
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(params=ADAPTERS)
+def adapter(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_store(adapter: str, tmp_path: Path) -> StoreFactory:
+    """Builds a new store object over the same storage on every call (reopen = restart)."""
+    if adapter == "memory":
+        return MemoryStore
+    if adapter == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'state' / 'faena.db'}"
+        return lambda: SqlStore(url)
+    raise AssertionError(f"no factory for adapter {adapter}")
+
+
+@pytest.fixture
+async def store(make_store: StoreFactory) -> AsyncIterator[Store]:
+    s = make_store()
+    await s.open()
+    yield s
+    await s.close()
+
+
+# -- builders --------------------------------------------------------------------------
+
+
+def job_requested(run_id: str, job_id: str, attempt: int = 1) -> Event:
+    payload = {"job_id": job_id, "spec_hash": "h1", "attempt": attempt}
+    return make_event("ci.job.v1.requested", payload, correlation_id=run_id)
+
+
+def run_started(run_id: str) -> Event:
+    return make_event("ci.run.v1.started", {"run_id": run_id}, correlation_id=run_id)
+
+
+def run_row(run_id: str, created_at: float = 1.0, state: str = "PENDING") -> dict[str, Any]:
+    return {"run_id": run_id, "pipeline": "ci", "state": state, "created_at": created_at}
+
+
+def job_row(run_id: str, job_id: str, state: str = "WAITING", attempt: int = 0) -> dict[str, Any]:
+    return {"job_id": job_id, "run_id": run_id, "key": job_id, "state": state, "attempt": attempt}
+
+
+def log(run_id: str, job_id: str, text: str, step: int = 0) -> LogLine:
+    return LogLine(run_id, job_id, attempt=1, step_index=step, stream="stdout", ts=1.5, text=text)
+
+
+def json_copy(value: Any) -> Any:
+    """What a stored value reads back as: a JSON round trip (StrEnum -> str, tuple -> list)."""
+    return json.loads(json.dumps(value))
+
+
+def dicts(events: list[Event]) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in events]
+
+
+# -- runs and jobs ---------------------------------------------------------------------
+
+
+async def test_commit_and_get_run_round_trip(store: Store) -> None:
+    run = PipelineRun("run-1", "build", "h1", state=RunState.RUNNING, created_at=10.0)
+    jobs = [new_job({"job_id": j, "key": j, "steps": ["a", "b"]}) for j in ("zeta", "alpha", "mu")]
+    jobs[1].state = JobState.PENDING
+    rows = [j.to_row() | {"run_id": run.run_id} for j in jobs]
+    run_data = run.to_row() | {"labels": ("x", "y")}
+
+    await store.commit(Commit(runs=[run_data], jobs=rows))
+    got = await store.get_run("run-1")
+
+    assert got == json_copy(run_data) | {"jobs": json_copy(rows)}
+    assert got is not None
+    assert [j["job_id"] for j in got["jobs"]] == ["zeta", "alpha", "mu"]  # creation order
+    assert got["state"] == "RUNNING" and type(got["state"]) is str
+    assert got["labels"] == ["x", "y"]
+
+
+async def test_stored_rows_are_copies(store: Store) -> None:
+    row = run_row("run-1")
+    job = job_row("run-1", "j1")
+    await store.commit(Commit(runs=[row], jobs=[job]))
+    row["state"] = "MUTATED"
+    job["state"] = "MUTATED"
+    got = await store.get_run("run-1")
+    assert got is not None
+    got["pipeline"] = "MUTATED"
+    got["jobs"][0]["name"] = "MUTATED"
+
+    again = await store.get_run("run-1")
+    assert again == run_row("run-1") | {"jobs": [job_row("run-1", "j1")]}
+
+
+async def test_recommit_replaces_rows_and_keeps_creation_order(store: Store) -> None:
+    await store.commit(Commit(runs=[run_row("r")], jobs=[job_row("r", "j2"), job_row("r", "j1")]))
+    await store.commit(
+        Commit(
+            runs=[run_row("r", state="RUNNING")],
+            jobs=[job_row("r", "j3"), job_row("r", "j1", state="PENDING", attempt=1)],
+        )
+    )
+
+    got = await store.get_run("r")
+    assert got is not None
+    assert got["state"] == "RUNNING"
+    assert got["jobs"] == [
+        job_row("r", "j2"),
+        job_row("r", "j1", state="PENDING", attempt=1),
+        job_row("r", "j3"),
+    ]
+    assert [r["state"] for r in await store.list_runs()] == ["RUNNING"]
+    assert await store.list_runs(state="PENDING") == []
+
+
+async def test_last_row_wins_within_one_batch(store: Store) -> None:
+    await store.commit(
+        Commit(
+            runs=[run_row("r"), run_row("r", state="RUNNING")],
+            jobs=[job_row("r", "j1"), job_row("r", "j2"), job_row("r", "j1", state="PENDING")],
+        )
+    )
+    got = await store.get_run("r")
+    assert got is not None
+    assert got["state"] == "RUNNING"
+    assert got["jobs"] == [job_row("r", "j1", state="PENDING"), job_row("r", "j2")]
+
+
+async def test_get_run_of_unknown_run_is_none(store: Store) -> None:
+    assert await store.get_run("nope") is None
+
+
+async def test_list_runs_newest_first_with_state_filter_and_paging(store: Store) -> None:
+    states = ["SUCCEEDED", "FAILED", "RUNNING", "SUCCEEDED", "PENDING", "SUCCEEDED"]
+    rows = [run_row(f"run-{i}", created_at=100.0 + i, state=s) for i, s in enumerate(states)]
+    await store.commit(Commit(runs=rows[:3]))
+    await store.commit(Commit(runs=rows[3:], jobs=[job_row("run-5", "j")]))
+
+    newest_first = list(reversed(rows))
+    assert await store.list_runs() == newest_first  # rows only: no "jobs"
+    assert await store.list_runs(limit=2) == newest_first[:2]
+    assert await store.list_runs(limit=2, offset=2) == newest_first[2:4]
+    assert await store.list_runs(limit=10, offset=6) == []
+    assert [r["run_id"] for r in await store.list_runs(state="SUCCEEDED")] == [
+        "run-5",
+        "run-3",
+        "run-0",
+    ]
+    assert [r["run_id"] for r in await store.list_runs(state=RunState.FAILED)] == ["run-1"]
+    assert [r["run_id"] for r in await store.list_runs(limit=1, offset=1, state="SUCCEEDED")] == [
+        "run-3"
+    ]
+
+
+async def test_resolve_run_id(store: Store) -> None:
+    assert await store.resolve_run_id("last") is None
+    # The newest run has the smallest id: "last" goes by creation time, not by id.
+    ids = {"abc123": 1.0, "abc456": 2.0, "abd789": 3.0, "aaa000": 4.0, "a_c999": 0.5}
+    await store.commit(Commit(runs=[run_row(i, created_at=t) for i, t in ids.items()]))
+
+    assert await store.resolve_run_id("abc123") == "abc123"
+    assert await store.resolve_run_id("abd") == "abd789"
+    assert await store.resolve_run_id("abc4") == "abc456"
+    assert await store.resolve_run_id("last") == "aaa000"
+    assert await store.resolve_run_id("x") is None
+    assert await store.resolve_run_id("") is None
+    assert await store.resolve_run_id("ABD") is None  # case-sensitive
+    assert await store.resolve_run_id("a_c") == "a_c999"  # '_' is no wildcard
+    assert await store.resolve_run_id("a%") is None
+    with pytest.raises(AmbiguousRef) as info:
+        await store.resolve_run_id("abc")
+    assert "abc123" in str(info.value) and "abc456" in str(info.value)
+    assert "abd789" not in str(info.value)
+
+
+# -- the event log ---------------------------------------------------------------------
+
+
+async def test_events_are_idempotent_by_event_id(store: Store) -> None:
+    e1, e2, e3 = job_requested("r", "j1"), job_requested("r", "j2"), run_started("r")
+    await store.commit(Commit(events=[e1, e2]))
+    await store.commit(Commit(events=[e1, e3, e3]))
+    await store.commit(Commit(events=[e2]))
+
+    assert dicts([s.event for s in await store.run_events("r")]) == dicts([e1, e2, e3])
+    assert dicts(await store.outbox_pending()) == dicts([e1, e2, e3])
+
+
+async def test_run_events_in_log_order_filtered_by_correlation_id(store: Store) -> None:
+    a1, b1, a2 = run_started("a"), run_started("b"), job_requested("a", "j1")
+    a3, b2 = job_requested("a", "j2"), job_requested("b", "j1")
+    await store.commit(Commit(events=[a1, b1, a2]))
+    await store.commit(Commit(events=[b2, a3]))
+
+    stored = await store.run_events("a")
+    assert dicts([s.event for s in stored]) == dicts([a1, a2, a3])
+    assert [s.seq for s in stored] == sorted(s.seq for s in stored)
+    assert dicts([s.event for s in await store.run_events("b")]) == dicts([b1, b2])
+    assert await store.run_events("none") == []
+    back = stored[1].event
+    assert back.event_id == a2.event_id and back.payload == a2.payload
+    assert abs(back.occurred_at - a2.occurred_at) < 1e-5
+
+
+async def test_events_after_pages_through_the_global_log(store: Store) -> None:
+    events = [job_requested(f"r{i % 3}", f"j{i}") for i in range(25)]
+    for start in range(0, 25, 5):
+        await store.commit(Commit(events=events[start : start + 5]))
+
+    everything = await store.events_after(0, limit=1000)
+    assert [s.seq for s in everything] == list(range(1, 26))  # global, from 1
+    assert dicts([s.event for s in everything]) == dicts(events)
+
+    pages, cursor = [], 0
+    while page := await store.events_after(cursor, limit=10):
+        pages.append([s.seq for s in page])
+        cursor = page[-1].seq
+    assert pages == [list(range(1, 11)), list(range(11, 21)), list(range(21, 26))]
+    assert [s.seq for s in await store.events_after(23)] == [24, 25]
+    assert await store.events_after(25) == []
+
+
+async def test_log_chunks_stay_out_of_the_event_log_and_outbox(store: Store) -> None:
+    chunk = make_event(
+        "ci.log.v1.chunk", {"job_id": "j1", "step_id": "s1", "lines": ["hi"]}, correlation_id="r"
+    )
+    started = run_started("r")
+    await store.commit(Commit(events=[chunk, started]))
+
+    assert dicts([s.event for s in await store.run_events("r")]) == dicts([started])
+    assert dicts([s.event for s in await store.events_after(0)]) == dicts([started])
+    assert dicts(await store.outbox_pending()) == dicts([started])
+
+
+async def test_specs_are_stored_once(store: Store) -> None:
+    spec = {"name": "ci", "jobs": {"build": {"steps": [{"run": "make"}]}}}
+    await store.commit(Commit(specs={"h1": spec}))
+    await store.commit(Commit(specs={"h1": {"name": "other"}, "h2": {"name": "two"}}))
+
+    assert await store.get_spec("h1") == spec
+    assert await store.get_spec("h2") == {"name": "two"}
+    assert await store.get_spec("missing") is None
+
+
+# -- inbox and outbox ------------------------------------------------------------------
+
+
+async def test_inbox_remembers_processed_keys_per_consumer(store: Store) -> None:
+    await store.commit(Commit(inbox=[("sched", "k1"), ("sched", "k2"), ("orch", "k1")]))
+    await store.commit(Commit(inbox=[("sched", "k1")]))  # seen twice: still fine
+
+    assert await store.seen("sched", ["k1", "k2", "k3"]) == {"k1", "k2"}
+    assert await store.seen("orch", ["k1", "k2"]) == {"k1"}
+    assert await store.seen("other", ["k1"]) == set()
+    assert await store.seen("sched", []) == set()
+
+    many = [f"key-{i}" for i in range(1200)]  # more than one IN list's worth
+    await store.commit(Commit(inbox=[("bulk", k) for k in many[::2]]))
+    assert await store.seen("bulk", many) == set(many[::2])
+
+
+async def test_outbox_pending_and_mark_published(store: Store) -> None:
+    events = [job_requested("r", f"j{i}") for i in range(4)]
+    await store.commit(Commit(events=events[:3]))
+    await store.commit(Commit(events=[events[3]]))
+
+    assert dicts(await store.outbox_pending()) == dicts(events)
+    assert dicts(await store.outbox_pending(limit=2)) == dicts(events[:2])
+
+    await store.mark_published([events[0].event_id, events[2].event_id, "unknown"])
+    await store.mark_published([])
+    assert dicts(await store.outbox_pending()) == dicts([events[1], events[3]])
+
+    await store.commit(Commit(events=[events[0]]))  # a redelivered event is not re-queued
+    assert dicts(await store.outbox_pending()) == dicts([events[1], events[3]])
+    await store.mark_published([e.event_id for e in events])
+    assert await store.outbox_pending() == []
+    assert len(await store.events_after(0)) == 4  # publishing never touches the log
+
+
+# -- logs ------------------------------------------------------------------------------
+
+
+async def test_logs_append_and_read(store: Store) -> None:
+    await store.append_logs([log("r1", "j1", "one"), log("r1", "j2", "two"), log("r2", "j1", "x")])
+    await store.append_logs([log("r1", "j1", "three", step=1)])
+    await store.append_logs([])
+
+    lines = await store.read_logs("r1")
+    assert [line.text for line in lines] == ["one", "two", "three"]
+    ids = [line.id for line in lines]
+    assert ids == sorted(ids) and len(set(ids)) == 3 and min(ids) > 0
+    assert lines[2] == LogLine("r1", "j1", 1, 1, "stdout", 1.5, "three", id=ids[2])
+
+    assert [line.text for line in await store.read_logs("r1", job_id="j1")] == ["one", "three"]
+    assert [line.text for line in await store.read_logs("r1", after_id=ids[0])] == [
+        "two",
+        "three",
+    ]
+    assert [line.text for line in await store.read_logs("r1", limit=2)] == ["one", "two"]
+    assert [line.text for line in await store.read_logs("r1", "j1", after_id=ids[0])] == ["three"]
+    assert await store.read_logs("r1", after_id=ids[2]) == []
+    assert await store.read_logs("nope") == []
+
+
+# -- transactions ----------------------------------------------------------------------
+
+
+async def _assert_nothing_of_the_failed_batch(store: Store, kept: list[Event]) -> None:
+    assert dicts([s.event for s in await store.events_after(0)]) == dicts(kept)
+    assert dicts(await store.outbox_pending()) == dicts(kept)
+    assert await store.get_run("new") is None
+    assert await store.get_run("old") == run_row("old") | {"jobs": [job_row("old", "j0")]}
+    assert [r["run_id"] for r in await store.list_runs()] == ["old"]
+    assert await store.get_spec("h-new") is None
+    assert await store.seen("c", ["k-new"]) == set()
+
+
+def _failing_batch(bad_job: dict[str, Any]) -> Commit:
+    return Commit(
+        events=[run_started("new"), job_requested("new", "j1"), job_requested("new", "j2")],
+        runs=[run_row("new"), run_row("old", state="RUNNING")],
+        jobs=[job_row("new", "j1"), job_row("old", "j0", state="PENDING"), bad_job],
+        specs={"h-new": {"name": "new"}},
+        inbox=[("c", "k-new")],
+    )
+
+
+async def test_a_failed_commit_leaves_nothing_behind(store: Store) -> None:
+    kept = [run_started("old")]
+    await store.commit(Commit(events=kept, runs=[run_row("old")], jobs=[job_row("old", "j0")]))
+
+    # The last job row cannot be stored (JSON has no object()): the SQL adapter fails
+    # after it has inserted the events, outbox rows and runs of the batch.
+    bad = job_row("new", "j2") | {"outputs": {"x": object()}}
+    with pytest.raises(TypeError):
+        await store.commit(_failing_batch(bad))
+    await _assert_nothing_of_the_failed_batch(store, kept)
+
+    # The store still works after the rollback.
+    await store.commit(Commit(events=[run_started("new")], runs=[run_row("new")]))
+    assert await store.get_run("new") == run_row("new") | {"jobs": []}
+
+
+async def test_a_constraint_violation_rolls_back_the_whole_batch(store: Store) -> None:
+    kept = [run_started("old")]
+    await store.commit(Commit(events=kept, runs=[run_row("old")], jobs=[job_row("old", "j0")]))
+
+    # A job without an id: the database refuses it (NOT NULL), the memory store too.
+    bad = job_row("new", "j2") | {"job_id": None}
+    with pytest.raises((sa_exc.IntegrityError, ValueError)):
+        await store.commit(_failing_batch(bad))
+    await _assert_nothing_of_the_failed_batch(store, kept)
+
+
+async def test_concurrent_commits_all_land(store: Store) -> None:
+    async def one(i: int) -> None:
+        run_id = f"run-{i:03d}"
+        await store.commit(
+            Commit(
+                events=[
+                    run_started(run_id),
+                    job_requested(run_id, "a"),
+                    job_requested(run_id, "b"),
+                ],
+                runs=[run_row(run_id, created_at=float(i))],
+                jobs=[job_row(run_id, f"{run_id}-a"), job_row(run_id, f"{run_id}-b")],
+                inbox=[("c", run_id)],
+            )
+        )
+        await store.append_logs([log(run_id, "a", f"line {i}")])
+        assert await store.get_run(run_id) is not None  # reads interleave with writes
+
+    await asyncio.gather(*(one(i) for i in range(60)))
+
+    runs = await store.list_runs(limit=100)
+    assert sorted(r["run_id"] for r in runs) == [f"run-{i:03d}" for i in range(60)]
+    stored = await store.events_after(0, limit=1000)
+    assert [s.seq for s in stored] == list(range(1, 181))
+    assert len(await store.outbox_pending(limit=1000)) == 180
+    assert len(await store.seen("c", [f"run-{i:03d}" for i in range(60)])) == 60
+    for i in (0, 59):
+        got = await store.get_run(f"run-{i:03d}")
+        assert got is not None and len(got["jobs"]) == 2
+        assert len(await store.read_logs(f"run-{i:03d}")) == 1
+
+
+async def test_an_empty_commit_is_a_no_op(store: Store) -> None:
+    await store.commit(Commit())
+    assert await store.events_after(0) == []
+    assert await store.list_runs() == []
+
+
+# -- durable adapters ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("adapter", DURABLE, indirect=True)
+async def test_reopened_store_finds_everything(make_store: StoreFactory) -> None:
+    events = [run_started("r"), job_requested("r", "j1")]
+    first = make_store()
+    await first.open()
+    await first.commit(
+        Commit(
+            events=events,
+            runs=[run_row("r")],
+            jobs=[job_row("r", "j1")],
+            specs={"h1": {"name": "ci"}},
+            inbox=[("c", "k")],
+        )
+    )
+    await first.mark_published([events[0].event_id])
+    await first.append_logs([log("r", "j1", "hello")])
+    await first.close()
+
+    second = make_store()
+    await second.open()
+    try:
+        assert await second.get_run("r") == run_row("r") | {"jobs": [job_row("r", "j1")]}
+        assert dicts([s.event for s in await second.run_events("r")]) == dicts(events)
+        assert dicts(await second.outbox_pending()) == dicts(events[1:])
+        assert await second.get_spec("h1") == {"name": "ci"}
+        assert await second.seen("c", ["k"]) == {"k"}
+        assert [line.text for line in await second.read_logs("r")] == ["hello"]
+        assert await second.resolve_run_id("last") == "r"
+
+        # Sequences carry on where they were.
+        await second.commit(Commit(events=[job_requested("r", "j2")]))
+        await second.append_logs([log("r", "j1", "again")])
+        assert [s.seq for s in await second.events_after(0)] == [1, 2, 3]
+        ids = [line.id for line in await second.read_logs("r")]
+        assert ids[1] > ids[0]
+    finally:
+        await second.close()
+
+
+@pytest.mark.parametrize("adapter", SQLITE, indirect=True)
+async def test_two_stores_on_one_sqlite_file_both_write(make_store: StoreFactory) -> None:
+    """Two connection pools on one file (as two processes would be): no 'database is locked'."""
+    stores = [make_store(), make_store()]
+    for s in stores:
+        await s.open()
+    try:
+
+        async def write(s: Store, n: int) -> None:
+            for i in range(15):
+                run_id = f"s{n}-{i}"
+                await s.commit(Commit(events=[run_started(run_id)], runs=[run_row(run_id)]))
+
+        await asyncio.gather(*(write(s, n) for n, s in enumerate(stores)))
+        assert len(await stores[0].list_runs(limit=100)) == 30
+        assert [s.seq for s in await stores[1].events_after(0)] == list(range(1, 31))
+    finally:
+        for s in stores:
+            await s.close()
+
+
+@pytest.mark.parametrize("adapter", SQLITE, indirect=True)
+async def test_sqlite_connection_settings(store: Store) -> None:
+    assert isinstance(store, SqlStore)
+    engine = store._engine  # the adapter keeps no public handle on its engine
+    assert engine is not None
+    async with engine.connect() as conn:
+        values = {
+            name: (await conn.execute(sa.text(f"PRAGMA {name}"))).scalar()
+            for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
+        }
+    assert values == {
+        "journal_mode": "wal",
+        "synchronous": 1,
+        "busy_timeout": 5000,
+        "foreign_keys": 1,
+    }
