@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Mapping
 from types import TracebackType
 
 from faena.agent.embedded import EmbeddedAgent
@@ -23,6 +25,13 @@ from faena.workers.providers.local import LocalProvider
 NODE_ID = "local"
 
 
+def step_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment steps inherit: this process's, less faena's own settings, which
+    may hold credentials (database URL, tokens)."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if not k.startswith("FAENA_")}
+
+
 def open_store(settings: Settings) -> Store:
     """The store the settings name, not yet opened (for read-only commands)."""
     return SqlStore(settings.db_url)
@@ -41,7 +50,9 @@ class App:
         self.scheduler = FifoScheduler(
             self.bus, self.orchestrator, node_id=NODE_ID, slots=settings.jobs
         )
-        self.provider = LocalProvider(settings.workspaces, keep_workspace=settings.keep_workspace)
+        self.provider = LocalProvider(
+            settings.workspaces, keep_workspace=settings.keep_workspace, base_env=step_env()
+        )
         self.runner = JobRunner(self.provider, InProcessControlPlane(self.orchestrator, self.logs))
         self.agent = EmbeddedAgent(self.bus, self.runner, node_id=NODE_ID)
 

@@ -834,15 +834,25 @@ async def test_local_python_falls_back_to_sys_executable(local_root: Path) -> No
         await guard(local.destroy(worker))
 
 
-async def test_local_pwsh(local_root: Path) -> None:
-    if shutil.which("pwsh") is None:
-        pytest.skip("pwsh is not installed")
-    local = LocalProvider(local_root)
+async def test_local_pwsh_invocation(local_root: Path, tmp_path: Path) -> None:
+    # PowerShell is not packaged for Debian: a stand-in `pwsh` on PATH checks the command
+    # line GitHub uses (`pwsh -command ". '{0}'"`) and runs the script file it names.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "pwsh"
+    fake.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = "-command" ] || { echo "bad args: $*" >&2; exit 9; }\n'
+        'script=$(printf %s "$2" | sed "s/^\\. \'//; s/\'$//")\n'
+        'echo "pwsh ran $(basename "$script")"\n'
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    local = LocalProvider(local_root, base_env=env)
     worker = await local_worker(local)
     try:
-        assert await stdout_of_shell(local, worker, "Write-Output 'from pwsh'", "pwsh") == [
-            "from pwsh"
-        ]
+        lines = await stdout_of_shell(local, worker, "Write-Output 'x'", "pwsh")
+        assert len(lines) == 1 and lines[0].startswith("pwsh ran "), lines
     finally:
         await guard(local.destroy(worker))
 

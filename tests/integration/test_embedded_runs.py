@@ -407,3 +407,21 @@ jobs:
         StepState.FAILED,
     ]
     assert "must stay inside the workspace" in " ".join(await harness.logs(run, "cache"))
+
+
+async def test_steps_do_not_inherit_faena_settings(harness: Harness) -> None:
+    from faena.app import step_env
+
+    env = step_env({"PATH": "/bin", "FAENA_DATABASE_URL": "postgresql://u:secret@h/db"})
+    assert env == {"PATH": "/bin"}
+    run = await harness.run(
+        """
+jobs:
+  peek:
+    steps:
+      - run: env | grep '^FAENA_' | cut -d= -f1 | sort
+"""
+    )
+    names = set(await harness.logs(run, "peek"))
+    assert "FAENA_DATABASE_URL" not in names and "FAENA_HOME" not in names
+    assert {"FAENA_WORKSPACE", "FAENA_OUTPUT", "FAENA_RUN_ID"} <= names
