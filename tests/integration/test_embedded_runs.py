@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from conftest import Harness, normalise
+from embedded_harness import Harness, normalise
 
 from faena.domain.run import rebuild
 from faena.domain.states import JobState, RunState, StepState
