@@ -80,7 +80,11 @@ class App:
         await self.scheduler.start()
         await self.agent.start()
 
-    async def close(self) -> None:
+    async def close(self, *, force: bool = False) -> None:
+        """Stop everything; running jobs are revoked and their workers destroyed.
+        ``force`` kills their processes at once instead of after a grace period."""
+        if force:
+            self.provider.hurry()
         await self.agent.close()
         await self.scheduler.close()
         await self.orchestrator.stop()

@@ -22,7 +22,7 @@ from faena.domain import expressions
 from faena.domain.assignment import Assignment, JobResult, StepResult
 from faena.domain.errors import ErrorCode
 from faena.domain.events import new_id
-from faena.domain.progress import condition
+from faena.domain.progress import condition, display_name
 from faena.domain.spec import StepSpec
 from faena.workers.port import (
     ExecRequest,
@@ -277,7 +277,7 @@ class JobRunner:
         elif outcome.outcome == "failure":
             st.failed = True
             st.error_code = outcome.error_code
-            st.message = f"step '{step.name}': {outcome.message}"
+            st.message = f"step '{display_name(step.name, ctx)}': {outcome.message}"
         st.steps[step.id or f"_{index}"] = {
             "outcome": outcome.outcome,
             "conclusion": conclusion,

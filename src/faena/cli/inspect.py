@@ -65,6 +65,11 @@ async def _runs(settings: Settings, limit: int, json_out: bool) -> int:
 
 def logs_command(ref: str, job: str | None, json_out: bool) -> int:
     settings = Settings.from_env()
+    if not (settings.home / "faena.db").exists() and settings.database_url is None:
+        print(
+            f"error: no runs yet in {settings.home}/ (start one with: faena run)", file=sys.stderr
+        )
+        return 2
     return asyncio.run(_logs(settings, ref, job, json_out))
 
 

@@ -108,7 +108,8 @@ async def _drive(
                 assert run_id is not None
                 tasks.add(loop.create_task(app.orchestrator.cancel(run_id, "interrupted")))
             else:
-                # Second Ctrl-C: leave now; workers are killed by the agent's close.
+                # Second Ctrl-C: leave now; workers are killed at once by close(force).
+                app.provider.hurry()
                 waiter.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -56,8 +56,10 @@ class ValidationIssue:
         where = self.file or "<input>"
         if self.line:
             where += f":{self.line}:{self.column}"
-        field_path = f" {self.path}:" if self.path else ""
-        return f"{where}{field_path} {self.message}"
+        if self.path:
+            return f"{where} {self.path}: {self.message}"
+        # `file: message` when nothing narrower is known, `file:line:col message` otherwise.
+        return f"{where}{'' if self.line else ':'} {self.message}"
 
 
 @dataclass

@@ -41,11 +41,21 @@ def job_entry(job_id: str, job: JobSpec) -> dict[str, Any]:
         "key": job.key,
         "name": job.name,
         "needs": list(job.needs),
-        "steps": [s.name for s in job.steps],
+        "steps": [display_name(s.name, {"matrix": job.matrix}) for s in job.steps],
         "template": job.template,
         "matrix": dict(job.matrix),
         "continue_on_error": job.continue_on_error,
     }
+
+
+def display_name(text: str, context: dict[str, Any]) -> str:
+    """A name with its ``${{ }}`` filled in where the context allows; as written otherwise."""
+    if "${{" not in text:
+        return text
+    try:
+        return expressions.interpolate(text, context)
+    except expressions.ExpressionError:
+        return text
 
 
 def concrete_job(spec: PipelineSpec, job: JobRun) -> JobSpec:

@@ -482,9 +482,9 @@ def test_file_that_is_not_a_mapping() -> None:
     assert errors("- a\n- b\n") == [
         "faena.yml:1:1 expected a mapping with 'jobs' at the top level, got a list"
     ]
-    assert errors("") == ["faena.yml the file is empty; expected a mapping with 'jobs'"]
+    assert errors("") == ["faena.yml: the file is empty; expected a mapping with 'jobs'"]
     assert errors("# only a comment\n") == [
-        "faena.yml the file is empty; expected a mapping with 'jobs'"
+        "faena.yml: the file is empty; expected a mapping with 'jobs'"
     ]
 
 
@@ -828,7 +828,7 @@ def test_load_pipeline_on_a_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yml"
     with pytest.raises(SpecValidationError) as info:
         load_pipeline(missing)
-    assert [str(i) for i in info.value.issues] == [f"{missing} file not found"]
+    assert [str(i) for i in info.value.issues] == [f"{missing}: file not found"]
 
 
 def test_load_pipeline_on_a_directory_or_binary(tmp_path: Path) -> None:

@@ -242,6 +242,10 @@ class LocalProvider:
             outputs=outputs,
         )
 
+    def hurry(self) -> None:
+        """From now on, kill without waiting for processes to exit on SIGTERM."""
+        self._kill_grace = 0.0
+
     async def cancel(self, worker: Worker, exec_id: str) -> None:
         """Kill a running exec's process group and wait until it is gone; no-op if none."""
         state = self._workers.get(worker.worker_id)
