@@ -60,7 +60,8 @@ def test_help_lists_the_commands(faena):
 
 def test_no_arguments_shows_usage(faena):
     result = faena()
-    assert "Usage" in result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "usage: faena" in result.stdout + result.stderr
     assert "validate" in result.stdout + result.stderr
 
 

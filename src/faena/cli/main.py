@@ -1,115 +1,135 @@
-"""The ``faena`` command. Heavy libraries are imported inside commands, never at the top."""
+"""The ``faena`` command.
+
+argparse rather than typer: typer 0.29 imports pydantic at start-up (~0.1 s here), which
+alone would break the 150 ms budget of ``faena --help`` and ``faena validate``
+(docs/decisions.md). Heavy libraries are imported inside the commands that need them.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, NoReturn
-
-import typer
 
 from faena import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-app = typer.Typer(
-    name="faena",
-    help="faena: pipelines as code, run as DAGs of jobs on ephemeral workers.",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-FileArg = Annotated[Path, typer.Argument(help="Pipeline file.", show_default=True)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+DESCRIPTION = "faena: pipelines as code, run as DAGs of jobs on ephemeral workers."
+EPILOG = """\
+exit codes: 0 success, 1 pipeline failed, 2 invalid input, 130 interrupted.
+state lives in ./.faena unless FAENA_HOME says otherwise.
+docs: docs/cli.md and docs/pipeline-format.md"""
 
 
-def _version(value: bool) -> None:
-    if value:
-        print(f"faena {__version__}")
-        raise typer.Exit()
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
-    ] = False,
-) -> None:
-    """faena: pipelines as code, run as DAGs of jobs on ephemeral workers."""
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="faena",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"faena {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text)
+
+    def json_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    run = command("run", "Run a pipeline on this machine and show its progress live.")
+    run.add_argument(
+        "file",
+        nargs="?",
+        type=Path,
+        default=Path("faena.yml"),
+        help="pipeline file (default: faena.yml)",
+    )
+    run.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive,
+        default=None,
+        help="jobs run at once (default: CPU count; env FAENA_JOBS)",
+    )
+    json_flag(run)
+    run.add_argument(
+        "--keep-workspace", action="store_true", help="keep each job's workspace directory"
+    )
+
+    validate = command("validate", "Check a pipeline file; print every error with its place.")
+    validate.add_argument(
+        "file",
+        nargs="?",
+        type=Path,
+        default=Path("faena.yml"),
+        help="pipeline file (default: faena.yml)",
+    )
+    json_flag(validate)
+
+    resume = command("resume", "Continue a run whose process died; finished jobs stay done.")
+    resume.add_argument("run_id", metavar="RUN", help="run id, unique prefix, or 'last'")
+    resume.add_argument(
+        "-j", "--jobs", type=_positive, default=None, help="jobs run at once (default: CPU count)"
+    )
+    json_flag(resume)
+
+    runs = command("runs", "List recent runs, newest first.")
+    runs.add_argument("-n", "--limit", type=_positive, default=20, help="how many (default 20)")
+    json_flag(runs)
+
+    logs = command("logs", "Print the output of a run, or of one of its jobs.")
+    logs.add_argument("run_id", metavar="RUN", help="run id, unique prefix, or 'last'")
+    logs.add_argument("job", metavar="JOB", nargs="?", help="job name, key or id (prefix ok)")
+    json_flag(logs)
+    return parser
 
 
-def fail(message: str, code: int = EXIT_INVALID) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(code)
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from faena.cli.run import run_command
+
+        return run_command(args.file, jobs=args.jobs, json_out=args.json,
+                           keep_workspace=args.keep_workspace)  # fmt: skip
+    if args.command == "validate":
+        from faena.cli.validate import validate_command
+
+        return validate_command(args.file, args.json)
+    if args.command == "resume":
+        from faena.cli.run import resume_command
+
+        return resume_command(args.run_id, jobs=args.jobs, json_out=args.json)
+    if args.command == "runs":
+        from faena.cli.inspect import runs_command
+
+        return runs_command(args.limit, args.json)
+    if args.command == "logs":
+        from faena.cli.inspect import logs_command
+
+        return logs_command(args.run_id, args.job, args.json)
+    raise AssertionError(args.command)
 
 
-@app.command()
-def validate(
-    file: FileArg = Path("faena.yml"),
-    json_out: JsonOpt = False,
-) -> None:
-    """Check a pipeline file; print every error with file, line, column and field."""
-    from faena.cli.validate import validate_command
-
-    raise typer.Exit(validate_command(file, json_out))
-
-
-@app.command()
-def run(
-    file: FileArg = Path("faena.yml"),
-    jobs: Annotated[
-        int | None,
-        typer.Option("-j", "--jobs", min=1, help="Jobs run at once (default: CPU count)."),
-    ] = None,
-    json_out: JsonOpt = False,
-    keep_workspace: Annotated[
-        bool, typer.Option("--keep-workspace", help="Keep each job's workspace directory.")
-    ] = False,
-) -> None:
-    """Run a pipeline on this machine and show its progress live."""
-    from faena.cli.run import run_command
-
-    raise typer.Exit(run_command(file, jobs=jobs, json_out=json_out, keep_workspace=keep_workspace))
-
-
-@app.command()
-def resume(
-    run_id: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'last'.")],
-    jobs: Annotated[int | None, typer.Option("-j", "--jobs", min=1)] = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Continue a run whose process died: finished jobs stay done, interrupted ones rerun."""
-    from faena.cli.run import resume_command
-
-    raise typer.Exit(resume_command(run_id, jobs=jobs, json_out=json_out))
-
-
-@app.command()
-def runs(
-    limit: Annotated[int, typer.Option("-n", "--limit", min=1, help="How many.")] = 20,
-    json_out: JsonOpt = False,
-) -> None:
-    """List recent runs, newest first."""
-    from faena.cli.inspect import runs_command
-
-    raise typer.Exit(runs_command(limit, json_out))
-
-
-@app.command()
-def logs(
-    run_id: Annotated[str, typer.Argument(help="Run id, unique prefix, or 'last'.")],
-    job: Annotated[str | None, typer.Argument(help="Job name, key or id (prefix ok).")] = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Print the logs of a run, or of one of its jobs."""
-    from faena.cli.inspect import logs_command
-
-    raise typer.Exit(logs_command(run_id, job, json_out))
-
-
-def main() -> None:
-    app()
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        sys.exit(EXIT_INVALID)
+    try:
+        code = dispatch(args)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
