@@ -19,7 +19,7 @@ from faena.scheduling.fifo import FifoScheduler
 from faena.settings import Settings
 from faena.store.port import Store
 from faena.store.sql import SqlStore
-from faena.workers.port import Worker
+from faena.workers.port import Worker, WorkerProvider
 from faena.workers.providers.local import LocalProvider
 
 NODE_ID = "local"
@@ -40,7 +40,13 @@ def open_store(settings: Settings) -> Store:
 class App:
     """The embedded shape: SQL store, in-process bus, FIFO scheduler, local workers."""
 
-    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        provider: WorkerProvider | None = None,
+    ) -> None:
         self.settings = settings
         self.store: Store = store or open_store(settings)
         self.bus = MemoryBus()
@@ -50,9 +56,10 @@ class App:
         self.scheduler = FifoScheduler(
             self.bus, self.orchestrator, node_id=NODE_ID, slots=settings.jobs
         )
-        self.provider = LocalProvider(
+        self.local = LocalProvider(
             settings.workspaces, keep_workspace=settings.keep_workspace, base_env=step_env()
         )
+        self.provider: WorkerProvider = provider or self.local
         self.runner = JobRunner(self.provider, InProcessControlPlane(self.orchestrator, self.logs))
         self.agent = EmbeddedAgent(self.bus, self.runner, node_id=NODE_ID)
 
@@ -84,7 +91,7 @@ class App:
         """Stop everything; running jobs are revoked and their workers destroyed.
         ``force`` kills their processes at once instead of after a grace period."""
         if force:
-            self.provider.hurry()
+            self.local.hurry()
         await self.agent.close()
         await self.scheduler.close()
         await self.orchestrator.stop()
@@ -99,6 +106,6 @@ class App:
         for job in (row or {}).get("jobs", []):
             if job["state"] in (JobState.SCHEDULED, JobState.RUNNING) and job.get("worker_id"):
                 with contextlib.suppress(Exception):
-                    await self.provider.destroy(Worker(job["worker_id"], "local", ""))
+                    await self.local.destroy(Worker(job["worker_id"], "local", ""))
         requested = await self.orchestrator.resume(run_id)
         await self.bus.publish(requested)

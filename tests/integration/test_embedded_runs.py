@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from embedded_harness import Harness, normalise
 
+from faena.app import App
 from faena.domain.run import rebuild
 from faena.domain.states import JobState, RunState, StepState
+from faena.settings import Settings
+from faena.workers.port import ProviderError
+from faena.workers.providers.local import LocalProvider
 
 
 def pid_alive(pid: int) -> bool:
@@ -425,3 +430,56 @@ jobs:
     names = set(await harness.logs(run, "peek"))
     assert "FAENA_DATABASE_URL" not in names and "FAENA_HOME" not in names
     assert {"FAENA_WORKSPACE", "FAENA_OUTPUT", "FAENA_RUN_ID"} <= names
+
+
+class BrokenProvider:
+    """A provider whose exec hits a bug (not a ProviderError) or whose create fails."""
+
+    name = "broken"
+
+    def __init__(self, inner: Any, mode: str) -> None:
+        self.inner = inner
+        self.mode = mode
+        self.creates = 0
+
+    async def create(self, request: Any) -> Any:
+        self.creates += 1
+        if self.mode == "create":
+            raise ProviderError("no capacity on the host")
+        return await self.inner.create(request)
+
+    async def exec(self, worker: Any, request: Any, sink: Any) -> Any:
+        raise RuntimeError("provider bug")
+
+    async def cancel(self, worker: Any, exec_id: str) -> None:
+        await self.inner.cancel(worker, exec_id)
+
+    async def destroy(self, worker: Any) -> None:
+        await self.inner.destroy(worker)
+
+
+async def run_with(tmp_path: Path, mode: str) -> tuple[Any, BrokenProvider]:
+    broken = BrokenProvider(LocalProvider(tmp_path / "workers"), mode)
+    app = App(Settings(home=tmp_path / "home", jobs=1), provider=broken)
+    await app.start()
+    try:
+        h = Harness(app, tmp_path)
+        run = await h.run("jobs:\n  a:\n    steps: [{run: 'true'}]\n", timeout=30)
+        return run, broken
+    finally:
+        await app.close()
+
+
+async def test_an_agent_bug_fails_the_job_instead_of_hanging(tmp_path: Path) -> None:
+    run, _ = await run_with(tmp_path, "exec")
+    job = next(iter(run.jobs.values()))
+    assert run.state is RunState.FAILED
+    assert job.state is JobState.FAILED
+
+
+async def test_provider_errors_are_retried_by_the_platform_then_fail(tmp_path: Path) -> None:
+    run, broken = await run_with(tmp_path, "create")
+    job = next(iter(run.jobs.values()))
+    assert job.state is JobState.FAILED and job.error_code == "WKM-PROV"
+    assert broken.creates == 4  # first try + 3 platform retries; no job retry configured
+    assert job.retries_used == 0

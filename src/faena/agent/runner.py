@@ -120,11 +120,25 @@ class JobRunner:
         """Run the assignment to the end and report it; never raises for job failures."""
         live = self._live.setdefault(assignment_id, _Live())
         worker_id = new_id()
+        accepted = False
         try:
             a = await self._control.accept(assignment_id, job_id, worker_id)
             if a is None:
                 return
+            accepted = True
             await self._run_accepted(a, worker_id, live)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug or an unreachable control plane must not leave the job RUNNING forever.
+            log.exception("job %s: agent error", job_id)
+            if accepted:
+                with contextlib.suppress(Exception):
+                    await self._control.job_finished(
+                        assignment_id,
+                        job_id,
+                        JobResult("failure", ErrorCode.ORC_INFRA.value, f"agent error: {exc}"),
+                    )
         finally:
             self._live.pop(assignment_id, None)
 

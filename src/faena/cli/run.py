@@ -109,7 +109,7 @@ async def _drive(
                 tasks.add(loop.create_task(app.orchestrator.cancel(run_id, "interrupted")))
             else:
                 # Second Ctrl-C: leave now; workers are killed at once by close(force).
-                app.provider.hurry()
+                app.local.hurry()
                 waiter.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):

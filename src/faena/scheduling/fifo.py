@@ -69,6 +69,14 @@ class FifoScheduler:
     async def _on_job(self, event: Event) -> None:
         if not self._first_time(event):
             return
+        try:
+            await self._handle(event)
+        except Exception:
+            # Not processed after all: let the redelivery through the inbox.
+            self._inbox.pop(event.idempotency_key, None)
+            raise
+
+    async def _handle(self, event: Event) -> None:
         p = event.payload
         job_id = p["job_id"]
         if event.subject == "ci.job.v1.requested":
@@ -80,7 +88,8 @@ class FifoScheduler:
                 handle = loop.call_later(delay, self._enqueue_later, job_id, attempt)
                 self._timers.add(handle)
                 return
-            self._queue.append((job_id, attempt))
+            if (job_id, attempt) not in self._queue:
+                self._queue.append((job_id, attempt))
         elif event.subject in ("ci.job.v1.completed", "ci.job.v1.failed", "ci.job.v1.cancelled"):
             self._held.pop(job_id, None)
             self._queue = deque(q for q in self._queue if q[0] != job_id)
@@ -98,8 +107,14 @@ class FifoScheduler:
             while self._queue and len(self._held) < self.slots:
                 job_id, attempt = self._queue.popleft()
                 self._held[job_id] = attempt
-                assignment = await self._recorder.create_assignment(
-                    job_id, attempt, self.node_id, POLICY
-                )
+                try:
+                    assignment = await self._recorder.create_assignment(
+                        job_id, attempt, self.node_id, POLICY
+                    )
+                except Exception:
+                    # Keep the job first in line and its slot free for the next try.
+                    self._held.pop(job_id, None)
+                    self._queue.appendleft((job_id, attempt))
+                    raise
                 if assignment is None and self._held.get(job_id) == attempt:
                     del self._held[job_id]

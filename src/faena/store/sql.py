@@ -1,6 +1,16 @@
-"""The SQL adapter of the Store port: SQLAlchemy 2 async Core on SQLite or PostgreSQL.
+"""The SQL adapter of the Store port: SQLAlchemy 2 Core on SQLite or PostgreSQL.
 
-Everything that differs between the two databases sits behind ``_Dialect`` (the upsert
+Every store operation is one synchronous function of a ``Connection`` (``_Sql``), written
+once in Core and run whole by a backend:
+
+- SQLite (default): on the store's own thread, through the stdlib ``sqlite3`` driver. One
+  ``run_in_executor`` hop per operation, where aiosqlite hops to its thread for every
+  statement, BEGIN and COMMIT (about 20 hops per commit). The single thread also queues
+  this process's writers, so they never busy-wait on SQLite's one write lock.
+- PostgreSQL (asyncpg), and SQLite through aiosqlite when asked (``run_in_thread=False``,
+  which keeps this path tested): on the event loop via ``AsyncConnection.run_sync``.
+
+Everything else that differs between the two databases sits behind ``_Dialect`` (the upsert
 construct, how a write transaction begins, whether writes are serialised in-process).
 The schema is owned by the Alembic migrations in ``migrations/``; ``METADATA`` mirrors
 them for queries and a test keeps the two equal.
@@ -12,13 +22,15 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from faena.domain.errors import ErrorCode
 from faena.domain.events import Event
@@ -40,6 +52,9 @@ _SQLITE_PRAGMAS = (
     "PRAGMA busy_timeout=5000",
     "PRAGMA foreign_keys=ON",
 )
+
+T = TypeVar("T")
+Op = Callable[[sa.Connection], T]  # one store operation, run whole by a backend
 
 
 def _serial() -> sa.types.TypeEngine[int]:
@@ -173,121 +188,461 @@ class _Dialect:
         stmt: sa.Insert = self._insert(table).on_conflict_do_nothing(index_elements=list(keys))
         return stmt
 
-    def upsert(self, table: sa.Table, keys: Sequence[str], keep: Sequence[str] = ()) -> sa.Insert:
-        """INSERT that replaces an existing row, except its ``keep`` columns."""
+    def upsert(
+        self,
+        table: sa.Table,
+        keys: Sequence[str],
+        keep: Sequence[str] = (),
+        values: Mapping[str, sa.ColumnElement[Any]] | None = None,
+    ) -> sa.Insert:
+        """INSERT that replaces an existing row, except its ``keep`` columns; ``values``
+        computes columns of a new row in SQL."""
         ins = self._insert(table)
+        if values:
+            ins = ins.values(**values)
         fixed = set(keys) | set(keep)
         values = {c.name: ins.excluded[c.name] for c in table.c if c.name not in fixed}
         stmt: sa.Insert = ins.on_conflict_do_update(index_elements=list(keys), set_=values)
         return stmt
 
-    def prepare(self, engine: AsyncEngine) -> AsyncEngine:
-        """Install per-connection settings; returns the engine that write transactions use."""
+    @property
+    def write_begin(self) -> str | None:
+        """The statement that opens a write transaction, when the driver's own will not do.
+
+        SQLite: IMMEDIATE takes the write lock at BEGIN, waiting up to busy_timeout, where
+        a deferred transaction that reads first fails on upgrade without waiting.
+        """
+        return "BEGIN IMMEDIATE" if self.name == "sqlite" else None
+
+    def configure(self, engine: sa.Engine) -> None:
+        """Install per-connection settings on ``engine`` (sync: the stdlib driver's, or an
+        AsyncEngine's ``sync_engine``). A pool listener: it costs nothing per statement."""
         if self.name != "sqlite":
-            return engine
-        sync_engine = engine.sync_engine
+            return
 
         def on_connect(dbapi_connection: Any, _record: Any) -> None:
             # The driver must not emit BEGIN itself (it would skip DDL and defer the lock):
-            # on_begin does, for writes only.
+            # writes begin with write_begin, reads get no BEGIN (each read operation is one
+            # statement, atomic on its own, or needs no snapshot).
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             for pragma in _SQLITE_PRAGMAS:
                 cursor.execute(pragma)
             cursor.close()
 
-        def on_begin(connection: sa.Connection) -> None:
-            # Writes: IMMEDIATE takes the write lock at BEGIN, waiting up to busy_timeout,
-            # where a deferred transaction that reads first fails on upgrade without waiting.
-            # Reads get no BEGIN: each is one statement, atomic on its own, and skipping it
-            # saves a driver round trip (aiosqlite hops to its thread for every call).
-            begin = connection.get_execution_options().get(_BEGIN_OPTION)
-            if begin:
-                connection.exec_driver_sql(begin)
-
-        sa.event.listen(sync_engine, "connect", on_connect)
-        sa.event.listen(sync_engine, "begin", on_begin)
-        return engine.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+        sa.event.listen(engine, "connect", on_connect)
 
     def write_lock(self) -> contextlib.AbstractAsyncContextManager[Any]:
-        """SQLite has one writer: queue this process's writers instead of busy-waiting."""
+        """SQLite has one writer: queue this process's writers instead of busy-waiting.
+
+        Only the async backend needs it: the thread backend runs one operation at a time.
+        """
         if self.name == "sqlite":
             return asyncio.Lock()
         return contextlib.nullcontext()
 
 
-class _Statements:
-    """The write statements, built once per store rather than on every commit."""
+# -- statements ------------------------------------------------------------------------
+# Built once: a prebuilt statement also memoises its compiled-cache key, which Core
+# otherwise recomputes on every call. Values go in as bound parameters.
+
+
+def _param(name: str, type_: sa.types.TypeEngine[Any] | None = None) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=type_)
+
+
+def _in(name: str) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, expanding=True)
+
+
+_LIMIT = _param("limit", sa.Integer())
+_REVISION = sa.text("SELECT version_num FROM alembic_version")
+_RUN_EVENTS = (
+    sa.select(EVENTS.c.seq, EVENTS.c.body)
+    .where(EVENTS.c.correlation_id == _param("run_id"))
+    .order_by(EVENTS.c.seq)
+)
+_EVENTS_AFTER = (
+    sa.select(EVENTS.c.seq, EVENTS.c.body)
+    .where(EVENTS.c.seq > _param("seq"))
+    .order_by(EVENTS.c.seq)
+    .limit(_LIMIT)
+)
+_GET_SPEC = sa.select(SPECS.c.body).where(SPECS.c.spec_hash == _param("spec_hash"))
+# One statement, so the run row and its jobs come from the same snapshot:
+# the run row first (position -1), then the jobs in creation order.
+_GET_RUN = sa.union_all(
+    sa.select(sa.literal(-1).label("position"), sa.literal("").label("job_id"), RUNS.c.data).where(
+        RUNS.c.run_id == _param("run_id")
+    ),
+    sa.select(JOBS.c.position, JOBS.c.job_id, JOBS.c.data).where(JOBS.c.run_id == _param("run_id")),
+).order_by("position", "job_id")
+_NEWEST_FIRST = (RUNS.c.created_at.desc(), RUNS.c.run_id.desc())
+_LIST_RUNS = sa.select(RUNS.c.data).order_by(*_NEWEST_FIRST).limit(_LIMIT).offset(_param("offset"))
+_LIST_RUNS_IN_STATE = (
+    sa.select(RUNS.c.data)
+    .where(RUNS.c.state == _param("state"))
+    .order_by(*_NEWEST_FIRST)
+    .limit(_LIMIT)
+    .offset(_param("offset"))
+)
+_NEWEST_RUN = sa.select(RUNS.c.run_id).order_by(*_NEWEST_FIRST).limit(1)
+_RUN_EXISTS = sa.select(RUNS.c.run_id).where(RUNS.c.run_id == _param("ref"))
+# substr, not LIKE: LIKE is case-insensitive on SQLite and treats _ and % specially.
+_RUNS_PREFIXED = (
+    sa.select(RUNS.c.run_id)
+    .where(sa.func.substr(RUNS.c.run_id, 1, _param("length", sa.Integer())) == _param("ref"))
+    .order_by(RUNS.c.run_id)
+    .limit(_CANDIDATES + 1)
+)
+_SEEN = sa.select(INBOX.c.key).where(
+    INBOX.c.consumer == _param("consumer"), INBOX.c.key.in_(_in("keys"))
+)
+_OUTBOX_PENDING = (
+    sa.select(OUTBOX.c.body)
+    .where(OUTBOX.c.published == sa.false())
+    .order_by(OUTBOX.c.seq)
+    .limit(_LIMIT)
+)
+_MARK_PUBLISHED = (
+    sa.update(OUTBOX).where(OUTBOX.c.event_id.in_(_in("event_ids"))).values(published=True)
+)
+# A new job's position: after its run's existing jobs. Computed by the database for each
+# row as it goes in (SQLite and asyncpg run an executemany row by row, each seeing the rows
+# before it), which saves a query per commit. A driver that sent the rows as one multi-row
+# INSERT would number a batch's new jobs alike: the creation-order contract test says so.
+_NEXT_POSITION = (
+    sa.select(sa.func.coalesce(sa.func.max(JOBS.c.position) + 1, 0))
+    .where(JOBS.c.run_id == _param("position_run_id"))
+    .scalar_subquery()
+)
+_INSERT_LOGS = sa.insert(LOGS)
+# Columns in LogLine's field order: a row unpacks straight into one.
+_LOG_COLUMNS = (
+    LOGS.c.run_id,
+    LOGS.c.job_id,
+    LOGS.c.attempt,
+    LOGS.c.step_index,
+    LOGS.c.stream,
+    LOGS.c.ts,
+    LOGS.c.text,
+    LOGS.c.id,
+)
+_READ_LOGS = (
+    sa.select(*_LOG_COLUMNS)
+    .where(LOGS.c.run_id == _param("run_id"), LOGS.c.id > _param("after_id"))
+    .order_by(LOGS.c.id)
+    .limit(_LIMIT)
+)
+_READ_JOB_LOGS = _READ_LOGS.where(LOGS.c.job_id == _param("job_id"))
+
+
+@dataclass(slots=True)
+class _CommitParams:
+    """A batch as bound parameters, JSON encoded on the caller's thread (see commit)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    specs: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    inbox: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Sql:
+    """The store's operations, each a function of one Connection (the backend's choice).
+
+    Reads decode their rows here, so a backend's thread does that work too.
+    """
 
     def __init__(self, dialect: _Dialect) -> None:
-        self.events = dialect.insert_ignore(EVENTS, ["event_id"]).returning(EVENTS.c.event_id)
-        self.outbox = dialect.insert_ignore(OUTBOX, ["event_id"])
-        self.specs = dialect.insert_ignore(SPECS, ["spec_hash"])
-        self.inbox = dialect.insert_ignore(INBOX, ["consumer", "key"])
-        self.runs = dialect.upsert(RUNS, ["run_id"])
+        # The write statements depend on the dialect's INSERT ... ON CONFLICT construct.
+        self._events = dialect.insert_ignore(EVENTS, ["event_id"])
+        self._outbox = dialect.insert_ignore(OUTBOX, ["event_id"])
+        self._specs = dialect.insert_ignore(SPECS, ["spec_hash"])
+        self._inbox = dialect.insert_ignore(INBOX, ["consumer", "key"])
+        self._runs = dialect.upsert(RUNS, ["run_id"])
         # A replaced job keeps its position: creation order survives updates.
-        self.jobs = dialect.upsert(JOBS, ["job_id"], keep=["position"])
+        self._jobs = dialect.upsert(
+            JOBS, ["job_id"], keep=["position"], values={"position": _NEXT_POSITION}
+        )
+
+    # -- writes (run inside a write transaction) ---------------------------------------
+
+    def commit(self, conn: sa.Connection, batch: _CommitParams) -> None:
+        if batch.events:
+            # An event already stored is skipped by both inserts (ON CONFLICT): it got its
+            # outbox row in the transaction that logged it, so it is never queued for
+            # publishing twice. (This rests on outbox rows outliving their events' chance of
+            # redelivery: pruning published rows would need RETURNING from the events insert
+            # to pick the new ones, which costs a third of a commit on SQLite.)
+            conn.execute(self._events, batch.events)
+            conn.execute(self._outbox, batch.outbox)
+        if batch.specs:
+            conn.execute(self._specs, batch.specs)
+        if batch.runs:
+            conn.execute(self._runs, batch.runs)
+        if batch.jobs:
+            conn.execute(self._jobs, batch.jobs)
+        if batch.inbox:
+            conn.execute(self._inbox, batch.inbox)
+
+    @staticmethod
+    def mark_published(conn: sa.Connection, event_ids: Sequence[str]) -> None:
+        for chunk in _chunks(event_ids):
+            conn.execute(_MARK_PUBLISHED, {"event_ids": chunk})
+
+    @staticmethod
+    def append_logs(conn: sa.Connection, params: list[dict[str, Any]]) -> None:
+        conn.execute(_INSERT_LOGS, params)
+
+    # -- reads -------------------------------------------------------------------------
+
+    @staticmethod
+    def revision(conn: sa.Connection) -> str | None:
+        try:
+            value = conn.execute(_REVISION).scalar()
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+            return None  # no alembic_version table: an empty database
+        return None if value is None else str(value)
+
+    @staticmethod
+    def run_events(conn: sa.Connection, run_id: str) -> list[StoredEvent]:
+        rows = conn.execute(_RUN_EVENTS, {"run_id": run_id})
+        return [StoredEvent(seq, Event.from_dict(json.loads(body))) for seq, body in rows]
+
+    @staticmethod
+    def events_after(conn: sa.Connection, seq: int, limit: int) -> list[StoredEvent]:
+        rows = conn.execute(_EVENTS_AFTER, {"seq": seq, "limit": limit})
+        return [StoredEvent(s, Event.from_dict(json.loads(body))) for s, body in rows]
+
+    @staticmethod
+    def get_spec(conn: sa.Connection, spec_hash: str) -> dict[str, Any] | None:
+        body = conn.execute(_GET_SPEC, {"spec_hash": spec_hash}).scalar()
+        return None if body is None else _loads(body)
+
+    @staticmethod
+    def get_run(conn: sa.Connection, run_id: str) -> dict[str, Any] | None:
+        rows = conn.execute(_GET_RUN, {"run_id": run_id}).all()
+        if not rows or rows[0][0] != -1:
+            return None  # jobs without their run row are not a run
+        run = _loads(rows[0][2])
+        run["jobs"] = [_loads(row[2]) for row in rows[1:]]
+        return run
+
+    @staticmethod
+    def list_runs(
+        conn: sa.Connection, limit: int, offset: int, state: str | None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if state is None:
+            result = conn.execute(_LIST_RUNS, params)
+        else:
+            result = conn.execute(_LIST_RUNS_IN_STATE, params | {"state": state})
+        return [_loads(data) for data in result.scalars()]
+
+    @staticmethod
+    def resolve_run_id(conn: sa.Connection, ref: str) -> str | None:
+        if ref == "last":
+            return _opt_str(conn.execute(_NEWEST_RUN).scalar())
+        if conn.execute(_RUN_EXISTS, {"ref": ref}).scalar() is not None:
+            return ref
+        found = conn.execute(_RUNS_PREFIXED, {"ref": ref, "length": len(ref)}).scalars()
+        return _one_match(ref, [str(m) for m in found])
+
+    @staticmethod
+    def seen(conn: sa.Connection, consumer: str, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(keys):
+            found.update(conn.execute(_SEEN, {"consumer": consumer, "keys": chunk}).scalars())
+        return found
+
+    @staticmethod
+    def outbox_pending(conn: sa.Connection, limit: int) -> list[Event]:
+        bodies = conn.execute(_OUTBOX_PENDING, {"limit": limit}).scalars()
+        return [Event.from_dict(json.loads(body)) for body in bodies]
+
+    @staticmethod
+    def read_logs(
+        conn: sa.Connection, run_id: str, job_id: str | None, after_id: int, limit: int
+    ) -> list[LogLine]:
+        params: dict[str, Any] = {"run_id": run_id, "after_id": after_id, "limit": limit}
+        if job_id is None:
+            rows = conn.execute(_READ_LOGS, params)
+        else:
+            rows = conn.execute(_READ_JOB_LOGS, params | {"job_id": job_id})
+        return [LogLine(*row) for row in rows]
+
+
+# -- backends --------------------------------------------------------------------------
+
+
+class _Backend(Protocol):
+    """Runs one operation whole: a read on a connection, a write in one transaction."""
+
+    async def read(self, op: Op[T]) -> T: ...
+
+    async def write(self, op: Op[T]) -> T: ...
+
+    async def close(self) -> None: ...
+
+
+class _ThreadBackend:
+    """SQLite through the stdlib driver, every operation on one dedicated thread.
+
+    One thread means one operation at a time: this process's writers queue here instead
+    of contending for SQLite's write lock (other processes are still waited for, by
+    busy_timeout, on this thread), and one connection, made and used only on that thread,
+    serves them all. An operation whose caller is cancelled still runs to its end, commit
+    or rollback; close() waits for the ones already queued.
+    """
+
+    def __init__(self, url: URL, dialect: _Dialect) -> None:
+        self.engine = sa.create_engine(url)
+        dialect.configure(self.engine)
+        self._begin = dialect.write_begin
+        self._conn: sa.Connection | None = None  # the thread's; opened by its first operation
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faena-sqlite")
+
+    async def read(self, op: Op[T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._read, op)
+
+    async def write(self, op: Op[T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._write, op)
+
+    async def close(self) -> None:
+        try:
+            # Queued behind every operation already submitted.
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._dispose)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    def _connection(self) -> sa.Connection:
+        # Kept open: a pool checkout and return per operation would cost a tenth of a
+        # commit. An invalidated connection reconnects through the pool on its next use.
+        if self._conn is None or self._conn.closed:
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def _read(self, op: Op[T]) -> T:
+        conn = self._connection()
+        try:
+            return op(conn)
+        finally:
+            # Ends Core's implicit transaction; the driver has none open (no BEGIN on reads).
+            conn.rollback()
+
+    def _write(self, op: Op[T]) -> T:
+        conn = self._connection()
+        with conn.begin():
+            # Straight to the driver, not through a "begin" event listener: any engine
+            # event listener makes Core dispatch events around every statement (about a
+            # quarter of a commit's time). COMMIT or ROLLBACK comes from conn.begin().
+            driver = conn.connection.dbapi_connection
+            if self._begin and driver is not None:
+                driver.execute(self._begin)
+            return op(conn)
+
+    def _dispose(self) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                conn.close()
+        finally:
+            self.engine.dispose()
+
+
+class _AsyncBackend:
+    """An asyncio driver (asyncpg; aiosqlite): operations run through ``run_sync``."""
+
+    def __init__(self, url: URL, dialect: _Dialect) -> None:
+        self.engine: AsyncEngine = create_async_engine(url)
+        sync_engine = self.engine.sync_engine
+        dialect.configure(sync_engine)
+        self._writer = self.engine
+        self._lock = dialect.write_lock()  # made here: bound to the loop that uses it
+        begin = dialect.write_begin
+        if begin:
+
+            def on_begin(connection: sa.Connection) -> None:
+                # Writes only: they run on an engine carrying this option.
+                if connection.get_execution_options().get(_BEGIN_OPTION):
+                    connection.exec_driver_sql(begin)
+
+            sa.event.listen(sync_engine, "begin", on_begin)
+            self._writer = self.engine.execution_options(**{_BEGIN_OPTION: True})
+
+    async def read(self, op: Op[T]) -> T:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(op)
+
+    async def write(self, op: Op[T]) -> T:
+        async with self._lock, self._writer.begin() as conn:
+            return await conn.run_sync(op)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
 
 
 class SqlStore:
-    """The Store port on a SQL database: ``sqlite+aiosqlite:///path`` or ``postgresql+asyncpg://``."""
+    """The Store port on a SQL database: ``sqlite:///path`` or ``postgresql+asyncpg://``.
 
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._dialect = _Dialect(make_url(url).get_backend_name())
-        self._engine: AsyncEngine | None = None
-        self._writer: AsyncEngine | None = None
-        self._statements = _Statements(self._dialect)
-        self._lock = self._dialect.write_lock()
+    SQLite URLs may name any driver (``sqlite+aiosqlite://`` included): by default the
+    store runs them on its own thread through the stdlib driver (see ``_ThreadBackend``).
+    ``run_in_thread=False`` keeps SQLite on aiosqlite through the async path instead, the
+    one PostgreSQL takes; it is slower and exists so that path is tested everywhere.
+    """
+
+    def __init__(self, url: str, *, run_in_thread: bool = True) -> None:
+        self._url = make_url(url)
+        self._dialect = _Dialect(self._url.get_backend_name())
+        self._threaded = run_in_thread and self._dialect.name == "sqlite"
+        self._sql = _Sql(self._dialect)
+        self._backend: _ThreadBackend | _AsyncBackend | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
         """Connect and migrate the schema to head (Alembic runs only when it is behind)."""
-        if self._engine is not None:
+        if self._backend is not None:
             return
-        url = make_url(self._url)
+        url = self._url
         if self._dialect.name == "sqlite":
             _make_parent_dir(url.database)
-        engine = create_async_engine(url)
-        self._lock = self._dialect.write_lock()  # made here: bound to the loop that uses it
-        self._writer = self._dialect.prepare(engine)
-        self._engine = engine
+        backend: _ThreadBackend | _AsyncBackend
+        if self._threaded:
+            backend = _ThreadBackend(url.set(drivername="sqlite+pysqlite"), self._dialect)
+        else:
+            if self._dialect.name == "sqlite":
+                url = url.set(drivername="sqlite+aiosqlite")
+            backend = _AsyncBackend(url, self._dialect)
         try:
-            if await self._revision() != HEAD_REVISION:
-                async with self._writing() as conn:
-                    await conn.run_sync(upgrade_schema)
+            if await backend.read(self._sql.revision) != HEAD_REVISION:
+                await backend.write(upgrade_schema)
         except BaseException:
-            await self.close()
+            await backend.close()
             raise
+        self._backend = backend
 
     async def close(self) -> None:
-        engine, self._engine, self._writer = self._engine, None, None
-        if engine is not None:
-            await engine.dispose()
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            await backend.close()
 
-    async def _revision(self) -> str | None:
-        try:
-            async with self._reading() as conn:
-                result = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
-                value = result.scalar()
-        except (sa.exc.OperationalError, sa.exc.ProgrammingError):
-            return None  # no alembic_version table: an empty database
-        return None if value is None else str(value)
+    @property
+    def _engine(self) -> sa.Engine | AsyncEngine | None:
+        """The current engine, for tests; None when closed."""
+        return None if self._backend is None else self._backend.engine
 
-    @contextlib.asynccontextmanager
-    async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        if self._engine is None:
+    async def _read(self, op: Op[T]) -> T:
+        if self._backend is None:
             raise RuntimeError("SqlStore is not open")
-        async with self._engine.connect() as conn:
-            yield conn
+        return await self._backend.read(op)
 
-    @contextlib.asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncConnection]:
-        if self._writer is None:
+    async def _write(self, op: Op[T]) -> T:
+        if self._backend is None:
             raise RuntimeError("SqlStore is not open")
-        async with self._lock, self._writer.begin() as conn:
-            yield conn
+        return await self._backend.write(op)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -295,66 +650,18 @@ class SqlStore:
         """Write a batch in one transaction (see the port)."""
         if not batch:
             return
-        st = self._statements
-        async with self._writing() as conn:
-            events = _unique_events(batch.events)
-            if events:
-                bodies = {e.event_id: _dumps(e.to_dict()) for e in events}
-                # RETURNING names the events this commit added: already-stored ones are
-                # skipped by ON CONFLICT and must not be queued for publishing again.
-                added = await conn.execute(
-                    st.events,
-                    [
-                        {
-                            "event_id": e.event_id,
-                            "correlation_id": e.correlation_id,
-                            "subject": e.subject,
-                            "occurred_at": e.occurred_at,
-                            "idempotency_key": e.idempotency_key,
-                            "body": bodies[e.event_id],
-                        }
-                        for e in events
-                    ],
-                )
-                new = set(added.scalars().all())
-                if new:
-                    await conn.execute(
-                        st.outbox,
-                        [
-                            {"event_id": e.event_id, "body": bodies[e.event_id], "published": False}
-                            for e in events
-                            if e.event_id in new
-                        ],
-                    )
-            if batch.specs:
-                await conn.execute(
-                    st.specs,
-                    [{"spec_hash": h, "body": _dumps(body)} for h, body in batch.specs.items()],
-                )
-            if batch.runs:
-                runs = {row["run_id"]: row for row in batch.runs}
-                await conn.execute(st.runs, [_run_params(row) for row in runs.values()])
-            if batch.jobs:
-                jobs = {row["job_id"]: row for row in batch.jobs}
-                await conn.execute(st.jobs, await _job_params(conn, list(jobs.values())))
-            if batch.inbox:
-                now = time.time()
-                await conn.execute(
-                    st.inbox,
-                    [
-                        {"consumer": consumer, "key": key, "processed_at": now}
-                        for consumer, key in dict.fromkeys(batch.inbox)
-                    ],
-                )
+        # Encoded here, on the caller's thread: the rows may share objects that other
+        # tasks change while the backend's thread writes. A value JSON cannot hold fails
+        # here, before the transaction begins.
+        params = _commit_params(batch)
+        commit = self._sql.commit
+        await self._write(lambda conn: commit(conn, params))
 
     async def mark_published(self, event_ids: list[str]) -> None:
         if not event_ids:
             return
-        async with self._writing() as conn:
-            for chunk in _chunks(event_ids):
-                await conn.execute(
-                    sa.update(OUTBOX).where(OUTBOX.c.event_id.in_(chunk)).values(published=True)
-                )
+        ids = list(event_ids)
+        await self._write(lambda conn: _Sql.mark_published(conn, ids))
 
     async def append_logs(self, lines: list[LogLine]) -> None:
         if not lines:
@@ -371,113 +678,41 @@ class SqlStore:
             }
             for line in lines
         ]
-        async with self._writing() as conn:
-            await conn.execute(sa.insert(LOGS), params)
+        await self._write(lambda conn: _Sql.append_logs(conn, params))
 
     # -- reads -------------------------------------------------------------------------
 
     async def run_events(self, run_id: str) -> list[StoredEvent]:
-        query = (
-            sa.select(EVENTS.c.seq, EVENTS.c.body)
-            .where(EVENTS.c.correlation_id == run_id)
-            .order_by(EVENTS.c.seq)
-        )
-        async with self._reading() as conn:
-            rows = (await conn.execute(query)).all()
-        return [StoredEvent(seq, Event.from_dict(json.loads(body))) for seq, body in rows]
+        return await self._read(lambda conn: _Sql.run_events(conn, run_id))
 
     async def events_after(self, seq: int, limit: int = 1000) -> list[StoredEvent]:
-        query = (
-            sa.select(EVENTS.c.seq, EVENTS.c.body)
-            .where(EVENTS.c.seq > seq)
-            .order_by(EVENTS.c.seq)
-            .limit(limit)
-        )
-        async with self._reading() as conn:
-            rows = (await conn.execute(query)).all()
-        return [StoredEvent(s, Event.from_dict(json.loads(body))) for s, body in rows]
+        return await self._read(lambda conn: _Sql.events_after(conn, seq, limit))
 
     async def get_spec(self, spec_hash: str) -> dict[str, Any] | None:
-        query = sa.select(SPECS.c.body).where(SPECS.c.spec_hash == spec_hash)
-        async with self._reading() as conn:
-            body = (await conn.execute(query)).scalar()
-        return None if body is None else _loads(body)
+        return await self._read(lambda conn: _Sql.get_spec(conn, spec_hash))
 
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
-        # One statement, so the run row and its jobs come from the same snapshot:
-        # the run row first (position -1), then the jobs in creation order.
-        run_part = sa.select(
-            sa.literal(-1).label("position"), sa.literal("").label("job_id"), RUNS.c.data
-        ).where(RUNS.c.run_id == run_id)
-        jobs_part = sa.select(JOBS.c.position, JOBS.c.job_id, JOBS.c.data).where(
-            JOBS.c.run_id == run_id
-        )
-        query = sa.union_all(run_part, jobs_part).order_by("position", "job_id")
-        async with self._reading() as conn:
-            rows = (await conn.execute(query)).all()
-        if not rows or rows[0].position != -1:
-            return None  # jobs without their run row are not a run
-        run = _loads(rows[0].data)
-        run["jobs"] = [_loads(row.data) for row in rows[1:]]
-        return run
+        return await self._read(lambda conn: _Sql.get_run(conn, run_id))
 
     async def list_runs(
         self, limit: int = 20, offset: int = 0, state: str | None = None
     ) -> list[dict[str, Any]]:
-        query = sa.select(RUNS.c.data).order_by(RUNS.c.created_at.desc(), RUNS.c.run_id.desc())
-        if state is not None:
-            query = query.where(RUNS.c.state == str(state))
-        query = query.limit(limit).offset(offset)
-        async with self._reading() as conn:
-            rows = (await conn.execute(query)).scalars().all()
-        return [_loads(data) for data in rows]
+        wanted = None if state is None else str(state)
+        return await self._read(lambda conn: _Sql.list_runs(conn, limit, offset, wanted))
 
     async def resolve_run_id(self, ref: str) -> str | None:
         if not ref:
             return None
-        async with self._reading() as conn:
-            if ref == "last":
-                newest = (
-                    sa.select(RUNS.c.run_id)
-                    .order_by(RUNS.c.created_at.desc(), RUNS.c.run_id.desc())
-                    .limit(1)
-                )
-                return _opt_str((await conn.execute(newest)).scalar())
-            exact = sa.select(RUNS.c.run_id).where(RUNS.c.run_id == ref)
-            if (await conn.execute(exact)).scalar() is not None:
-                return ref
-            # substr, not LIKE: LIKE is case-insensitive on SQLite and treats _ and % specially.
-            prefixed = (
-                sa.select(RUNS.c.run_id)
-                .where(sa.func.substr(RUNS.c.run_id, 1, len(ref)) == ref)
-                .order_by(RUNS.c.run_id)
-                .limit(_CANDIDATES + 1)
-            )
-            matches = [str(m) for m in (await conn.execute(prefixed)).scalars().all()]
-        return _one_match(ref, matches)
+        return await self._read(lambda conn: _Sql.resolve_run_id(conn, ref))
 
     async def seen(self, consumer: str, keys: list[str]) -> set[str]:
-        found: set[str] = set()
         if not keys:
-            return found
-        async with self._reading() as conn:
-            for chunk in _chunks(keys):
-                query = sa.select(INBOX.c.key).where(
-                    INBOX.c.consumer == consumer, INBOX.c.key.in_(chunk)
-                )
-                found.update((await conn.execute(query)).scalars().all())
-        return found
+            return set()
+        wanted = list(keys)
+        return await self._read(lambda conn: _Sql.seen(conn, consumer, wanted))
 
     async def outbox_pending(self, limit: int = 1000) -> list[Event]:
-        query = (
-            sa.select(OUTBOX.c.body)
-            .where(OUTBOX.c.published == sa.false())
-            .order_by(OUTBOX.c.seq)
-            .limit(limit)
-        )
-        async with self._reading() as conn:
-            bodies = (await conn.execute(query)).scalars().all()
-        return [Event.from_dict(json.loads(body)) for body in bodies]
+        return await self._read(lambda conn: _Sql.outbox_pending(conn, limit))
 
     async def read_logs(
         self,
@@ -486,35 +721,15 @@ class SqlStore:
         after_id: int = 0,
         limit: int = 10000,
     ) -> list[LogLine]:
-        query = sa.select(LOGS).where(LOGS.c.run_id == run_id, LOGS.c.id > after_id)
-        if job_id is not None:
-            query = query.where(LOGS.c.job_id == job_id)
-        query = query.order_by(LOGS.c.id).limit(limit)
-        async with self._reading() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [
-            LogLine(
-                run_id=r["run_id"],
-                job_id=r["job_id"],
-                attempt=r["attempt"],
-                step_index=r["step_index"],
-                stream=r["stream"],
-                ts=r["ts"],
-                text=r["text"],
-                id=r["id"],
-            )
-            for r in rows
-        ]
+        return await self._read(lambda conn: _Sql.read_logs(conn, run_id, job_id, after_id, limit))
 
 
 # -- helpers ---------------------------------------------------------------------------
 
-T = TypeVar("T")
 
-
-def _dumps(value: Any) -> str:
-    # No default=: a value JSON cannot hold is a caller bug, raised (TypeError) not stringified.
-    return json.dumps(value, separators=(",", ":"))
+# json.dumps with separators= builds an encoder per call: build it once.
+# No default=: a value JSON cannot hold is a caller bug, raised (TypeError) not stringified.
+_dumps: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _loads(text: str) -> dict[str, Any]:
@@ -562,6 +777,36 @@ def _one_match(ref: str, matches: list[str]) -> str | None:
     )
 
 
+def _commit_params(batch: Commit) -> _CommitParams:
+    params = _CommitParams()
+    for e in _unique_events(batch.events):
+        body = _dumps(e.to_dict())  # once: the log and the outbox share it
+        params.events.append(
+            {
+                "event_id": e.event_id,
+                "correlation_id": e.correlation_id,
+                "subject": e.subject,
+                "occurred_at": e.occurred_at,
+                "idempotency_key": e.idempotency_key,
+                "body": body,
+            }
+        )
+        params.outbox.append({"event_id": e.event_id, "body": body, "published": False})
+    params.specs = [{"spec_hash": h, "body": _dumps(body)} for h, body in batch.specs.items()]
+    # The last row of an id wins within a batch.
+    runs = {row["run_id"]: row for row in batch.runs}
+    params.runs = [_run_params(row) for row in runs.values()]
+    jobs = {row["job_id"]: row for row in batch.jobs}
+    params.jobs = [_job_params(row) for row in jobs.values()]
+    if batch.inbox:
+        now = time.time()
+        params.inbox = [
+            {"consumer": consumer, "key": key, "processed_at": now}
+            for consumer, key in dict.fromkeys(batch.inbox)
+        ]
+    return params
+
+
 def _run_params(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "run_id": row["run_id"],
@@ -576,33 +821,15 @@ def _run_params(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _job_params(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Job parameters, new jobs numbered after their run's existing ones."""
-    next_position: dict[str, int] = {}
-    run_ids = list(dict.fromkeys(row["run_id"] for row in rows))
-    for chunk in _chunks(run_ids):
-        query = (
-            sa.select(JOBS.c.run_id, sa.func.max(JOBS.c.position))
-            .where(JOBS.c.run_id.in_(chunk))
-            .group_by(JOBS.c.run_id)
-        )
-        for run_id, highest in (await conn.execute(query)).all():
-            next_position[run_id] = int(highest) + 1
-    params = []
-    for row in rows:
-        run_id = row["run_id"]
-        position = next_position.get(run_id, 0)
-        next_position[run_id] = position + 1
-        params.append(
-            {
-                "job_id": row["job_id"],
-                "run_id": run_id,
-                "position": position,
-                "key": _opt_str(row.get("key")),
-                "name": _opt_str(row.get("name")),
-                "state": _opt_str(row.get("state")),
-                "attempt": int(row.get("attempt") or 0),
-                "data": _dumps(row),
-            }
-        )
-    return params
+def _job_params(row: dict[str, Any]) -> dict[str, Any]:
+    """A job row's parameters; its position comes from the database (_NEXT_POSITION)."""
+    return {
+        "job_id": row["job_id"],
+        "run_id": row["run_id"],
+        "position_run_id": row["run_id"],
+        "key": _opt_str(row.get("key")),
+        "name": _opt_str(row.get("name")),
+        "state": _opt_str(row.get("state")),
+        "attempt": int(row.get("attempt") or 0),
+        "data": _dumps(row),
+    }
