@@ -63,14 +63,14 @@ async def _runs(settings: Settings, limit: int, json_out: bool) -> int:
     return 0
 
 
-def logs_command(ref: str, job: str | None, json_out: bool) -> int:
+def logs_command(ref: str, job: str | None, json_out: bool, *, timestamps: bool = False) -> int:
     settings = Settings.from_env()
     if not (settings.home / "faena.db").exists() and settings.database_url is None:
         print(
             f"error: no runs yet in {settings.home}/ (start one with: faena run)", file=sys.stderr
         )
         return 2
-    return asyncio.run(_logs(settings, ref, job, json_out))
+    return asyncio.run(_logs(settings, ref, job, json_out, timestamps))
 
 
 def _match_jobs(jobs: list[dict[str, Any]], wanted: str) -> list[dict[str, Any]]:
@@ -81,7 +81,9 @@ def _match_jobs(jobs: list[dict[str, Any]], wanted: str) -> list[dict[str, Any]]
     return [j for j in jobs if j["name"].startswith(wanted) or j["key"].startswith(wanted)]
 
 
-async def _logs(settings: Settings, ref: str, job: str | None, json_out: bool) -> int:
+async def _logs(
+    settings: Settings, ref: str, job: str | None, json_out: bool, timestamps: bool
+) -> int:
     from faena.store.port import AmbiguousRef
 
     store = _open_store(settings)
@@ -122,13 +124,13 @@ async def _logs(settings: Settings, ref: str, job: str | None, json_out: bool) -
                         )
                     )
                 continue
-            _print_job(j, lines)
+            _print_job(j, lines, timestamps)
     finally:
         await store.close()
     return 0
 
 
-def _print_job(job: dict[str, Any], lines: list[Any]) -> None:
+def _print_job(job: dict[str, Any], lines: list[Any], timestamps: bool) -> None:
     steps = job.get("steps", [])
     print(f"=== {job['name']} [{job['state']}]")
     current: tuple[int, int] | None = None
@@ -138,4 +140,11 @@ def _print_job(job: dict[str, Any], lines: list[Any]) -> None:
             name = steps[ln.step_index]["name"] if ln.step_index < len(steps) else ln.step_index
             suffix = f" (job attempt {ln.attempt})" if ln.attempt > 1 else ""
             print(f"--- {name}{suffix}")
-        print(ln.text)
+        if timestamps:
+            stamp = (
+                time.strftime("%H:%M:%S", time.localtime(ln.ts))
+                + f".{int(ln.ts * 1000) % 1000:03d}"
+            )
+            print(f"{stamp} {ln.text}")
+        else:
+            print(ln.text)

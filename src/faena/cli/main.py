@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     logs = command("logs", "Print the output of a run, or of one of its jobs.")
     logs.add_argument("run_id", metavar="RUN", help="run id, unique prefix, or 'last'")
     logs.add_argument("job", metavar="JOB", nargs="?", help="job name, key or id (prefix ok)")
+    logs.add_argument(
+        "-t",
+        "--timestamps",
+        action="store_true",
+        help="prefix each line with the time it was written",
+    )
     json_flag(logs)
     return parser
 
@@ -118,7 +124,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "logs":
         from faena.cli.inspect import logs_command
 
-        return logs_command(args.run_id, args.job, args.json)
+        return logs_command(args.run_id, args.job, args.json, timestamps=args.timestamps)
     raise AssertionError(args.command)
 
 

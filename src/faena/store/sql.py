@@ -39,7 +39,7 @@ from faena.store.port import AmbiguousRef, Commit, LogLine, StoredEvent
 __all__ = ["HEAD_REVISION", "METADATA", "MIGRATIONS_DIR", "SqlStore", "upgrade_schema"]
 
 # The newest file in migrations/versions; open() skips Alembic when the database has it.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 _LOG_CHUNK = "ci.log.v1.chunk"  # logs go through append_logs, never the event log
@@ -148,6 +148,7 @@ LOGS = sa.Table(
     sa.Column("ts", sa.Float, nullable=False),
     sa.Column("text", sa.Text, nullable=False),
     sa.Index("ix_logs_run_id_job_id_id", "run_id", "job_id", "id"),
+    sa.Index("ix_logs_run_id_id", "run_id", "id"),
     sqlite_autoincrement=True,
 )
 
