@@ -21,14 +21,15 @@ from faena.store.sql import SqlStore
 
 ADAPTERS = [
     "memory",
-    "sqlite",
+    "sqlite",  # the stdlib driver on the store's own thread (the default)
+    "sqlite-async",  # aiosqlite through AsyncConnection.run_sync: PostgreSQL's code path
     # POSTGRESQL: the later issue that brings the PostgreSQL server fixture adds "postgresql"
     # here and a branch in `make_store` pointing SqlStore at a fresh database on that server.
 ]
 
 # Adapters that keep their data across instances (restarts), and the SQLite-only checks.
 DURABLE = [a for a in ADAPTERS if a != "memory"]
-SQLITE = ["sqlite"]
+SQLITE = [a for a in ADAPTERS if a.startswith("sqlite")]
 
 StoreFactory = Callable[[], Store]
 
@@ -43,9 +44,11 @@ def make_store(adapter: str, tmp_path: Path) -> StoreFactory:
     """Builds a new store object over the same storage on every call (reopen = restart)."""
     if adapter == "memory":
         return MemoryStore
+    url = f"sqlite+aiosqlite:///{tmp_path / 'state' / 'faena.db'}"
     if adapter == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'state' / 'faena.db'}"
         return lambda: SqlStore(url)
+    if adapter == "sqlite-async":
+        return lambda: SqlStore(url, run_in_thread=False)
     raise AssertionError(f"no factory for adapter {adapter}")
 
 
@@ -157,6 +160,24 @@ async def test_last_row_wins_within_one_batch(store: Store) -> None:
     assert got is not None
     assert got["state"] == "RUNNING"
     assert got["jobs"] == [job_row("r", "j1", state="PENDING"), job_row("r", "j2")]
+
+
+async def test_creation_order_per_run_when_one_batch_adds_jobs_to_several_runs(
+    store: Store,
+) -> None:
+    await store.commit(Commit(runs=[run_row("a")], jobs=[job_row("a", "a-old")]))
+    # Ids sort against creation order, and the two runs' new jobs interleave.
+    jobs = [job_row("b", "b9"), job_row("a", "a9"), job_row("b", "b1"), job_row("a", "a1")]
+    jobs += [job_row("a", f"a-{i:04d}") for i in reversed(range(700))]  # many, ids descending
+    await store.commit(Commit(runs=[run_row("b")], jobs=jobs))
+    await store.commit(Commit(jobs=[job_row("a", "a9", state="PENDING"), job_row("b", "b0")]))
+
+    a, b = await store.get_run("a"), await store.get_run("b")
+    assert a is not None and b is not None
+    expected_a = ["a-old", "a9", "a1"] + [f"a-{i:04d}" for i in reversed(range(700))]
+    assert [j["job_id"] for j in a["jobs"]] == expected_a
+    assert a["jobs"][1]["state"] == "PENDING"  # replaced in place
+    assert [j["job_id"] for j in b["jobs"]] == ["b9", "b1", "b0"]
 
 
 async def test_get_run_of_unknown_run_is_none(store: Store) -> None:
@@ -418,6 +439,74 @@ async def test_concurrent_commits_all_land(store: Store) -> None:
         assert len(await store.read_logs(f"run-{i:03d}")) == 1
 
 
+async def test_concurrent_commits_that_fail_leave_nothing_and_spoil_nothing(store: Store) -> None:
+    """Many tasks commit at once; every third batch fails. The others all land, whole."""
+
+    def batch(i: int) -> Commit:
+        run_id = f"run-{i:03d}"
+        jobs = [job_row(run_id, f"{run_id}-a"), job_row(run_id, f"{run_id}-b")]
+        if i % 3 == 0:
+            jobs.append(job_row(run_id, f"{run_id}-c") | {"job_id": None})  # NOT NULL
+        return Commit(
+            events=[run_started(run_id), job_requested(run_id, "a")],
+            runs=[run_row(run_id, created_at=float(i))],
+            jobs=jobs,
+            specs={f"h-{i}": {"name": run_id}},
+            inbox=[("c", run_id)],
+        )
+
+    outcomes = await asyncio.gather(
+        *(store.commit(batch(i)) for i in range(90)), return_exceptions=True
+    )
+
+    failed = {i for i, outcome in enumerate(outcomes) if outcome is not None}
+    assert failed == set(range(0, 90, 3))
+    assert all(isinstance(outcomes[i], sa_exc.IntegrityError | ValueError) for i in failed)
+    kept = [f"run-{i:03d}" for i in range(90) if i not in failed]
+    assert sorted(r["run_id"] for r in await store.list_runs(limit=200)) == kept
+    stored = await store.events_after(0, limit=1000)
+    assert sorted({s.event.correlation_id for s in stored}) == kept
+    assert [s.seq for s in stored] == sorted(s.seq for s in stored)
+    assert len(stored) == len(await store.outbox_pending(limit=1000)) == 2 * len(kept)
+    assert await store.seen("c", [f"run-{i:03d}" for i in range(90)]) == set(kept)
+    for i in (0, 1, 2, 3):
+        name = f"run-{i:03d}"
+        run = await store.get_run(name)
+        assert (run is None) == (i in failed)
+        assert await store.get_spec(f"h-{i}") == (None if i in failed else {"name": name})
+        if run is not None:
+            assert [j["job_id"] for j in run["jobs"]] == [f"{name}-a", f"{name}-b"]
+
+
+async def test_a_cancelled_commit_is_all_or_nothing(store: Store) -> None:
+    """A caller may be cancelled while its commit is in flight: the batch is then either
+    stored whole or not at all, and the store keeps working."""
+    for i in range(20):
+        rid = f"run-{i}"
+        task = asyncio.ensure_future(
+            store.commit(
+                Commit(
+                    events=[run_started(rid), job_requested(rid, "a")],
+                    runs=[run_row(rid)],
+                    jobs=[job_row(rid, f"{rid}-a"), job_row(rid, f"{rid}-b")],
+                )
+            )
+        )
+        for _ in range(i % 4):
+            await asyncio.sleep(0)  # cancel at different points of the commit
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+        run = await store.get_run(rid)
+        events = await store.run_events(rid)
+        if run is None:
+            assert events == []
+        else:
+            assert len(run["jobs"]) == 2 and len(events) == 2
+    await store.commit(Commit(events=[run_started("after")], runs=[run_row("after")]))
+    assert await store.get_run("after") == run_row("after") | {"jobs": []}
+
+
 async def test_an_empty_commit_is_a_no_op(store: Store) -> None:
     await store.commit(Commit())
     assert await store.events_after(0) == []
@@ -490,13 +579,13 @@ async def test_two_stores_on_one_sqlite_file_both_write(make_store: StoreFactory
 @pytest.mark.parametrize("adapter", SQLITE, indirect=True)
 async def test_sqlite_connection_settings(store: Store) -> None:
     assert isinstance(store, SqlStore)
-    engine = store._engine  # the adapter keeps no public handle on its engine
-    assert engine is not None
-    async with engine.connect() as conn:
-        values = {
-            name: (await conn.execute(sa.text(f"PRAGMA {name}"))).scalar()
-            for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
-        }
+
+    def pragmas(conn: sa.Connection) -> dict[str, Any]:
+        names = ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
+        return {name: conn.execute(sa.text(f"PRAGMA {name}")).scalar() for name in names}
+
+    # On a connection the store reads with: the adapter keeps no public handle on them.
+    values = await store._read(pragmas)
     assert values == {
         "journal_mode": "wal",
         "synchronous": 1,

@@ -202,8 +202,8 @@ class _Dialect:
         if values:
             ins = ins.values(**values)
         fixed = set(keys) | set(keep)
-        values = {c.name: ins.excluded[c.name] for c in table.c if c.name not in fixed}
-        stmt: sa.Insert = ins.on_conflict_do_update(index_elements=list(keys), set_=values)
+        updates = {c.name: ins.excluded[c.name] for c in table.c if c.name not in fixed}
+        stmt: sa.Insert = ins.on_conflict_do_update(index_elements=list(keys), set_=updates)
         return stmt
 
     @property
@@ -376,7 +376,7 @@ class _Sql:
             # outbox row in the transaction that logged it, so it is never queued for
             # publishing twice. (This rests on outbox rows outliving their events' chance of
             # redelivery: pruning published rows would need RETURNING from the events insert
-            # to pick the new ones, which costs a third of a commit on SQLite.)
+            # to pick the new ones, a quarter of a commit's database time on SQLite.)
             conn.execute(self._events, batch.events)
             conn.execute(self._outbox, batch.outbox)
         if batch.specs:
@@ -409,12 +409,12 @@ class _Sql:
 
     @staticmethod
     def run_events(conn: sa.Connection, run_id: str) -> list[StoredEvent]:
-        rows = conn.execute(_RUN_EVENTS, {"run_id": run_id})
+        rows = conn.execute(_RUN_EVENTS, {"run_id": run_id}).all()
         return [StoredEvent(seq, Event.from_dict(json.loads(body))) for seq, body in rows]
 
     @staticmethod
     def events_after(conn: sa.Connection, seq: int, limit: int) -> list[StoredEvent]:
-        rows = conn.execute(_EVENTS_AFTER, {"seq": seq, "limit": limit})
+        rows = conn.execute(_EVENTS_AFTER, {"seq": seq, "limit": limit}).all()
         return [StoredEvent(s, Event.from_dict(json.loads(body))) for s, body in rows]
 
     @staticmethod
@@ -440,7 +440,7 @@ class _Sql:
             result = conn.execute(_LIST_RUNS, params)
         else:
             result = conn.execute(_LIST_RUNS_IN_STATE, params | {"state": state})
-        return [_loads(data) for data in result.scalars()]
+        return [_loads(data) for data in result.scalars().all()]
 
     @staticmethod
     def resolve_run_id(conn: sa.Connection, ref: str) -> str | None:
@@ -448,19 +448,19 @@ class _Sql:
             return _opt_str(conn.execute(_NEWEST_RUN).scalar())
         if conn.execute(_RUN_EXISTS, {"ref": ref}).scalar() is not None:
             return ref
-        found = conn.execute(_RUNS_PREFIXED, {"ref": ref, "length": len(ref)}).scalars()
+        found = conn.execute(_RUNS_PREFIXED, {"ref": ref, "length": len(ref)}).scalars().all()
         return _one_match(ref, [str(m) for m in found])
 
     @staticmethod
     def seen(conn: sa.Connection, consumer: str, keys: Sequence[str]) -> set[str]:
         found: set[str] = set()
         for chunk in _chunks(keys):
-            found.update(conn.execute(_SEEN, {"consumer": consumer, "keys": chunk}).scalars())
+            found.update(conn.execute(_SEEN, {"consumer": consumer, "keys": chunk}).scalars().all())
         return found
 
     @staticmethod
     def outbox_pending(conn: sa.Connection, limit: int) -> list[Event]:
-        bodies = conn.execute(_OUTBOX_PENDING, {"limit": limit}).scalars()
+        bodies = conn.execute(_OUTBOX_PENDING, {"limit": limit}).scalars().all()
         return [Event.from_dict(json.loads(body)) for body in bodies]
 
     @staticmethod
@@ -469,9 +469,9 @@ class _Sql:
     ) -> list[LogLine]:
         params: dict[str, Any] = {"run_id": run_id, "after_id": after_id, "limit": limit}
         if job_id is None:
-            rows = conn.execute(_READ_LOGS, params)
+            rows = conn.execute(_READ_LOGS, params).all()
         else:
-            rows = conn.execute(_READ_JOB_LOGS, params | {"job_id": job_id})
+            rows = conn.execute(_READ_JOB_LOGS, params | {"job_id": job_id}).all()
         return [LogLine(*row) for row in rows]
 
 
@@ -520,10 +520,13 @@ class _ThreadBackend:
 
     def _connection(self) -> sa.Connection:
         # Kept open: a pool checkout and return per operation would cost a tenth of a
-        # commit. An invalidated connection reconnects through the pool on its next use.
-        if self._conn is None or self._conn.closed:
-            self._conn = self.engine.connect()
-        return self._conn
+        # commit. One that an error invalidated is replaced.
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                conn.close()
+            conn = self._conn = self.engine.connect()
+        return conn
 
     def _read(self, op: Op[T]) -> T:
         conn = self._connection()
@@ -599,7 +602,7 @@ class SqlStore:
         self._dialect = _Dialect(self._url.get_backend_name())
         self._threaded = run_in_thread and self._dialect.name == "sqlite"
         self._sql = _Sql(self._dialect)
-        self._backend: _ThreadBackend | _AsyncBackend | None = None
+        self._backend: _Backend | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -610,7 +613,7 @@ class SqlStore:
         url = self._url
         if self._dialect.name == "sqlite":
             _make_parent_dir(url.database)
-        backend: _ThreadBackend | _AsyncBackend
+        backend: _Backend
         if self._threaded:
             backend = _ThreadBackend(url.set(drivername="sqlite+pysqlite"), self._dialect)
         else:
@@ -629,11 +632,6 @@ class SqlStore:
         backend, self._backend = self._backend, None
         if backend is not None:
             await backend.close()
-
-    @property
-    def _engine(self) -> sa.Engine | AsyncEngine | None:
-        """The current engine, for tests; None when closed."""
-        return None if self._backend is None else self._backend.engine
 
     async def _read(self, op: Op[T]) -> T:
         if self._backend is None:
