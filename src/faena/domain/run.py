@@ -179,15 +179,16 @@ class PipelineRun:
         return merged
 
     def ancestors(self, keys: list[str]) -> set[str]:
+        """Every spec key ``keys`` depend on, directly or not, including themselves."""
         seen: set[str] = set()
         stack = list(keys)
-        needs_of = {j.group: j.needs for j in self.jobs.values()} | self.templates
         while stack:
             k = stack.pop()
             if k in seen:
                 continue
             seen.add(k)
-            stack.extend(needs_of.get(k, []))
+            group = self._groups.get(k)
+            stack.extend(group[0].needs if group else self.templates.get(k, []))
         return seen
 
     def is_finished(self) -> bool:

@@ -26,7 +26,8 @@ class InProcessControlPlane:
         provider: str,
         info: dict[str, str],
     ) -> None:
-        await self._o.worker_created(assignment_id, job_id, worker_id, provider, info)
+        # Not awaited alone: it shares the commit of the agent's next report.
+        await self._o.worker_created(assignment_id, job_id, worker_id, provider, info, wait=False)
 
     async def worker_failed(
         self, assignment_id: str, job_id: str, worker_id: str, message: str
@@ -36,7 +37,7 @@ class InProcessControlPlane:
     async def worker_terminated(
         self, assignment_id: str, job_id: str, worker_id: str, exit_code: int
     ) -> None:
-        await self._o.worker_terminated(assignment_id, job_id, worker_id, exit_code)
+        await self._o.worker_terminated(assignment_id, job_id, worker_id, exit_code, wait=False)
 
     async def step_started(self, assignment_id: str, job_id: str, index: int, attempt: int) -> bool:
         return await self._o.step_started(assignment_id, job_id, index, attempt)

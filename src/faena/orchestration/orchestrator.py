@@ -138,11 +138,14 @@ class Orchestrator:
 
     # -- the single writer ---------------------------------------------------------------
 
-    async def _call(self, fn: Callable[[_Tx], T]) -> T:
+    async def _call(self, fn: Callable[[_Tx], T], *, wait: bool = True) -> T:
         if self._task is None or self._task.done():
             raise FaenaError("orchestrator is not running", code=ErrorCode.ORC_INFRA)
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((fn, fut))
+        if not wait:
+            fut.add_done_callback(_log_failure)
+            return None  # type: ignore[return-value]
         return await fut
 
     async def _loop(self) -> None:
@@ -418,7 +421,12 @@ class Orchestrator:
         worker_id: str,
         provider: str,
         info: dict[str, str],
+        *,
+        wait: bool = True,
     ) -> None:
+        """Record the worker; ``wait=False`` queues the record behind the caller's next
+        command, so both share a commit (the order of events is kept)."""
+
         def command(tx: _Tx) -> None:
             found = self._fenced(job_id, assignment_id)
             if found is None:
@@ -433,10 +441,16 @@ class Orchestrator:
             if "ci.worker.v1.created:" + worker_id not in h.keys:
                 tx.emit(h, "ci.worker.v1.created", payload)
 
-        await self._call(command)
+        await self._call(command, wait=wait)
 
     async def worker_terminated(
-        self, assignment_id: str, job_id: str, worker_id: str, exit_code: int
+        self,
+        assignment_id: str,
+        job_id: str,
+        worker_id: str,
+        exit_code: int,
+        *,
+        wait: bool = True,
     ) -> None:
         def command(tx: _Tx) -> None:
             found = self._fenced(job_id, assignment_id)
@@ -450,7 +464,7 @@ class Orchestrator:
                     {"worker_id": worker_id, "exit_code": exit_code, "job_id": job_id},
                 )
 
-        await self._call(command)
+        await self._call(command, wait=wait)
 
     async def worker_failed(
         self, assignment_id: str, job_id: str, worker_id: str, message: str
@@ -644,6 +658,11 @@ class Orchestrator:
             tx.settle(h)
 
         await self._call(command)
+
+
+def _log_failure(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("queued command failed", exc_info=fut.exception())
 
 
 def _requeue(

@@ -219,7 +219,7 @@ class LocalProvider:
                 await asyncio.wait(pumps)  # before closing: they may still watch the fds
                 _close(out_r, err_r)
 
-        if not await asyncio.to_thread(_tree_alive, proc.pid):
+        if _group_empty(proc.pid) or not await asyncio.to_thread(_tree_alive, proc.pid):
             state.groups.discard(proc.pid)  # forget it now: an empty group's id can be reused
         exit_code = 128 - returncode if returncode < 0 else returncode
         if stop == "timed_out":
@@ -621,6 +621,20 @@ def _signal_tree(leader: int, *signals: signal.Signals) -> bool:
                 os.kill(pid, sig)
                 sent = True
     return sent
+
+
+def _group_empty(leader: int) -> bool:
+    """Cheap check for the common case: no process at all is left in the step's group.
+
+    Processes that only kept the session (rare) are found by destroy's environment scan.
+    """
+    try:
+        os.killpg(leader, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
 
 
 def _tree_alive(leader: int) -> bool:
