@@ -40,13 +40,16 @@ class InProcessControlPlane:
         await self._o.worker_terminated(assignment_id, job_id, worker_id, exit_code, wait=False)
 
     async def step_started(self, assignment_id: str, job_id: str, index: int, attempt: int) -> bool:
-        return await self._o.step_started(assignment_id, job_id, index, attempt)
+        # In-process, a revocation reaches the agent on the bus; the start is recorded
+        # in order with the agent's later reports without a round trip of its own.
+        await self._o.step_started(assignment_id, job_id, index, attempt, wait=False)
+        return True
 
     async def step_finished(
         self, assignment_id: str, job_id: str, index: int, attempt: int, result: StepResult
     ) -> None:
         await self._logs.flush()
-        await self._o.step_finished(assignment_id, job_id, index, attempt, result)
+        await self._o.step_finished(assignment_id, job_id, index, attempt, result, wait=False)
 
     async def step_skipped(self, assignment_id: str, job_id: str, index: int, reason: str) -> None:
         await self._o.step_skipped(assignment_id, job_id, index, reason)

@@ -506,8 +506,10 @@ class Orchestrator:
 
         await self._call(command)
 
-    async def step_started(self, assignment_id: str, job_id: str, index: int, attempt: int) -> bool:
-        """Record a step start; False tells the agent to stop (revoked or superseded)."""
+    async def step_started(
+        self, assignment_id: str, job_id: str, index: int, attempt: int, *, wait: bool = True
+    ) -> bool:
+        """Record a step start; False tells the agent the job moved on without it."""
 
         def command(tx: _Tx) -> bool:
             found = self._fenced(job_id, assignment_id)
@@ -529,10 +531,17 @@ class Orchestrator:
             # A cancelled job still runs its `if: cancelled()`/`always()` steps.
             return True
 
-        return await self._call(command)
+        return await self._call(command, wait=wait)
 
     async def step_finished(
-        self, assignment_id: str, job_id: str, index: int, attempt: int, result: StepResult
+        self,
+        assignment_id: str,
+        job_id: str,
+        index: int,
+        attempt: int,
+        result: StepResult,
+        *,
+        wait: bool = True,
     ) -> None:
         def command(tx: _Tx) -> None:
             found = self._fenced(job_id, assignment_id)
@@ -569,7 +578,7 @@ class Orchestrator:
                 }
             tx.emit(h, subject, payload)
 
-        await self._call(command)
+        await self._call(command, wait=wait)
 
     async def step_skipped(self, assignment_id: str, job_id: str, index: int, reason: str) -> None:
         def command(tx: _Tx) -> None:
