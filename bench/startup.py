@@ -30,6 +30,12 @@ def main() -> int:
     if hyperfine is None:
         print("hyperfine not found: apt-get install hyperfine", file=sys.stderr)
         return 2
+    # As an installed package would be: bytecode compiled (this environment may set
+    # PYTHONDONTWRITEBYTECODE, which would make every start recompile edited modules).
+    import faena
+
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(faena.__file__).parent)],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     bin_dir = Path(sys.executable).parent
     faena = str(bin_dir / "faena")
     with tempfile.TemporaryDirectory() as tmp:
