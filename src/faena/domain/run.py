@@ -119,7 +119,6 @@ class PipelineRun:
     # Dynamic-matrix jobs not yet expanded: spec key -> its needs.
     templates: dict[str, list[str]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
-    last_event_at: float = 0.0
 
     def __post_init__(self) -> None:
         # Indexes kept by ``add_job`` and ``_job_to`` so progression stays O(changes), not
@@ -208,7 +207,6 @@ class PipelineRun:
     def apply(self, event: Event) -> list[str]:
         """Apply one event; returns the ids of the jobs it changed."""
         handler = _HANDLERS.get(event.subject)
-        self.last_event_at = max(self.last_event_at, event.occurred_at)
         if handler is None:
             return []
         return handler(self, event.payload, event.occurred_at)

@@ -53,6 +53,8 @@ class _Tx:
         self.jobs: dict[str, set[str]] = {}
         self.specs: dict[str, dict[str, Any]] = {}
         self.handles: dict[str, _Handle] = {}
+        # Only run-level events change the run row; job events change job rows alone.
+        self.runs_changed: set[str] = set()
 
     def emit(self, h: _Handle, subject: str, payload: dict[str, Any]) -> Event:
         if payload.get("spec_hash") == "":
@@ -69,6 +71,8 @@ class _Tx:
         self.events.append(event)
         self.handles[h.run.run_id] = h
         self.jobs.setdefault(h.run.run_id, set()).update(changed)
+        if subject.startswith("ci.run.") or subject == "ci.job.v1.expanded":
+            self.runs_changed.add(h.run.run_id)
         return event
 
     def settle(self, h: _Handle) -> None:
@@ -84,7 +88,8 @@ class _Tx:
     def to_commit(self) -> Commit:
         batch = Commit(events=list(self.events), specs=dict(self.specs))
         for run_id, h in self.handles.items():
-            batch.runs.append(h.run.to_row())
+            if run_id in self.runs_changed:
+                batch.runs.append(h.run.to_row())
             for job_id in sorted(self.jobs.get(run_id, ()), key=_job_position):
                 row = h.run.jobs[job_id].to_row()
                 row["run_id"] = run_id

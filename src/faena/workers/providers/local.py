@@ -265,6 +265,12 @@ class LocalProvider:
             for running in state.running.values():
                 running.cancel.set()
             await asyncio.gather(*(_kill_tree(g, self._kill_grace) for g in state.groups))
+        if state is None or not state.running:
+            # The common case, in one thread hop: sweep, then remove the directory.
+            if state is not None:
+                state.close()
+            await asyncio.to_thread(self._sweep_and_remove, worker.worker_id, paths)
+            return
         await asyncio.to_thread(kill_worker_processes, worker.worker_id, self._kill_grace)
         if state is not None:
             if state.running:
@@ -280,6 +286,15 @@ class LocalProvider:
             await asyncio.to_thread(_rmtree, paths.root)
         except OSError as exc:
             raise ProviderError(f"cannot remove worker {worker.worker_id!r}: {exc}") from exc
+
+    def _sweep_and_remove(self, worker_id: str, paths: _Paths) -> None:
+        kill_worker_processes(worker_id, self._kill_grace)
+        if self._keep_workspace or not paths.root.exists():
+            return
+        try:
+            _rmtree(paths.root)
+        except OSError as exc:
+            raise ProviderError(f"cannot remove worker {worker_id!r}: {exc}") from exc
 
     def _paths(self, worker_id: str) -> _Paths:
         if not worker_id or worker_id in {".", ".."} or "/" in worker_id or "\0" in worker_id:
