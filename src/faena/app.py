@@ -93,6 +93,7 @@ class App:
         if force:
             self.local.hurry()
         await self.agent.close()
+        await self.local.close()
         await self.scheduler.close()
         await self.orchestrator.stop()
         await self.logs.close()

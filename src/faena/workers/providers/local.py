@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import shlex
@@ -72,6 +73,7 @@ EXIT_NOT_FOUND = 127
 MAX_LINE_BYTES = 64 * 1024
 """Longer lines reach the sink split into pieces of at most this many bytes."""
 
+_TRASH = ".trash"  # destroyed workspaces wait here to be deleted; ids never start with "."
 _READ_CHUNK = 64 * 1024
 _POLL_INTERVAL = 0.02
 _SIGKILL_WAIT = 5.0  # SIGKILL cannot be ignored; this only bounds waiting on D-state processes
@@ -107,6 +109,7 @@ class LocalProvider:
         self._base_env = base_env  # None: os.environ, read at each exec
         self._kill_grace = kill_grace
         self._workers: dict[str, _WorkerState] = {}
+        self._removals: set[asyncio.Future[None]] = set()
 
     async def create(self, request: WorkerRequest) -> Worker:
         """Make the worker's workspace and private temp dir; idempotent by ``worker_id``."""
@@ -269,7 +272,13 @@ class LocalProvider:
             # The common case, in one thread hop: sweep, then remove the directory.
             if state is not None:
                 state.close()
-            await asyncio.to_thread(self._sweep_and_remove, worker.worker_id, paths)
+            trash = await asyncio.to_thread(self._sweep_and_remove, worker.worker_id, paths)
+            if trash is not None:
+                # The workspace is gone from its path already; deleting its files (slow on
+                # some filesystems) happens off the job's critical path.
+                removal = asyncio.ensure_future(asyncio.to_thread(_rmtree_quietly, trash))
+                self._removals.add(removal)
+                removal.add_done_callback(self._removals.discard)
             return
         await asyncio.to_thread(kill_worker_processes, worker.worker_id, self._kill_grace)
         if state is not None:
@@ -287,17 +296,34 @@ class LocalProvider:
         except OSError as exc:
             raise ProviderError(f"cannot remove worker {worker.worker_id!r}: {exc}") from exc
 
-    def _sweep_and_remove(self, worker_id: str, paths: _Paths) -> None:
+    def _sweep_and_remove(self, worker_id: str, paths: _Paths) -> Path | None:
+        """Kill what is left, then move the worker's directory to the trash (returned)."""
         kill_worker_processes(worker_id, self._kill_grace)
         if self._keep_workspace or not paths.root.exists():
-            return
+            return None
+        trash = self._root / _TRASH / f"{worker_id}-{os.urandom(4).hex()}"
+        try:
+            trash.parent.mkdir(exist_ok=True)
+            paths.root.rename(trash)
+            return trash
+        except OSError:
+            pass  # e.g. a read-only parent: remove in place instead
         try:
             _rmtree(paths.root)
         except OSError as exc:
             raise ProviderError(f"cannot remove worker {worker_id!r}: {exc}") from exc
+        return None
+
+    async def close(self) -> None:
+        """Finish removing destroyed workspaces (including a previous process's leftovers)."""
+        if self._removals:
+            await asyncio.gather(*self._removals)
+        trash = self._root / _TRASH
+        if trash.exists():
+            await asyncio.to_thread(_rmtree_quietly, trash)
 
     def _paths(self, worker_id: str) -> _Paths:
-        if not worker_id or worker_id in {".", ".."} or "/" in worker_id or "\0" in worker_id:
+        if not worker_id or worker_id.startswith(".") or "/" in worker_id or "\0" in worker_id:
             raise PathEscapeError(f"worker id {worker_id!r} is not a plain directory name")
         root = self._root / worker_id
         return _Paths(root=root, workspace=root / "workspace", temp=root / "temp")
@@ -750,6 +776,13 @@ def _close(*fds: int) -> None:
 
 def _ms_since(started: float) -> float:
     return (time.monotonic() - started) * 1000.0
+
+
+def _rmtree_quietly(path: Path) -> None:
+    try:
+        _rmtree(path)
+    except OSError:
+        logging.getLogger(__name__).warning("could not remove %s", path, exc_info=True)
 
 
 def _rmtree(path: Path) -> None:
