@@ -6,12 +6,11 @@ unmarked ones are published again at start-up, which at-least-once delivery allo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 
 from faena.bus.port import EventBus
 from faena.domain.events import Event
+from faena.periodic import PeriodicFlush
 from faena.store.port import Store
 
 
@@ -19,9 +18,8 @@ class OutboxRelay:
     def __init__(self, store: Store, bus: EventBus, flush_interval: float = 0.2) -> None:
         self._store = store
         self._bus = bus
-        self._interval = flush_interval
         self._published: list[str] = []
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = PeriodicFlush(self.flush, flush_interval, "outbox-relay")
 
     async def start(self, *, republish: bool = True) -> None:
         """Publish what a previous process committed but never marked, then run."""
@@ -29,7 +27,7 @@ class OutboxRelay:
             if republish:
                 await self._bus.publish(pending)
             await self._store.mark_published([e.event_id for e in pending])
-        self._task = asyncio.create_task(self._loop(), name="outbox-relay")
+        self._periodic.start()
 
     async def publish_committed(self, events: Sequence[Event]) -> None:
         await self._bus.publish(events)
@@ -38,16 +36,11 @@ class OutboxRelay:
     async def flush(self) -> None:
         ids, self._published = self._published, []
         if ids:
-            await self._store.mark_published(ids)
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()
+            try:
+                await self._store.mark_published(ids)
+            except Exception:
+                self._published[:0] = ids
+                raise
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.flush()
+        await self._periodic.close()

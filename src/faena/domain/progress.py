@@ -171,7 +171,7 @@ def _expansions(run: PipelineRun, spec: PipelineSpec) -> list[Action]:
         actions.append(("ci.job.v1.expanded", {"job_id": key, "template": key, "jobs": entries}))
         if error is not None:
             job_id = entries[0]["job_id"]
-            actions.append(_request(job_id, 1, "start"))
+            actions.append(request_action(job_id, 1, "start"))
             actions.append(_fail(job_id, 1, "ORC-VALID", error))
     return actions
 
@@ -180,7 +180,10 @@ def _should_run(run: PipelineRun, source: str | None, ctx: dict[str, Any]) -> bo
     return bool(expressions.evaluate(condition(source), ctx))
 
 
-def _request(job_id: str, attempt: int, reason: str, not_before: float | None = None) -> Action:
+def request_action(
+    job_id: str, attempt: int, reason: str, not_before: float | None = None
+) -> Action:
+    """``JobRequested`` for an attempt (``reason``: start, retry, infra, rejected)."""
     payload: dict[str, Any] = {
         "job_id": job_id,
         "spec_hash": "",
@@ -225,7 +228,7 @@ def _releases(run: PipelineRun, spec: PipelineSpec, touched: set[str]) -> list[A
         try:
             go = _should_run(run, job_spec.if_, ctx)
         except expressions.ExpressionError as exc:
-            actions.append(_request(job.job_id, job.attempt + 1, "start"))
+            actions.append(request_action(job.job_id, job.attempt + 1, "start"))
             actions.append(_fail(job.job_id, job.attempt + 1, "ORC-VALID", f"if: {exc}"))
             continue
         if not go:
@@ -236,7 +239,7 @@ def _releases(run: PipelineRun, spec: PipelineSpec, touched: set[str]) -> list[A
         if limit is not None and active_by_group.get(job.group, 0) >= limit:
             continue
         active_by_group[job.group] = active_by_group.get(job.group, 0) + 1
-        actions.append(_request(job.job_id, job.attempt + 1, "start"))
+        actions.append(request_action(job.job_id, job.attempt + 1, "start"))
     return actions
 
 

@@ -7,11 +7,11 @@ for live viewers, the store copy is the record.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
 from faena.bus.port import EventBus
 from faena.domain.events import make_event
+from faena.periodic import PeriodicFlush
 from faena.store.port import LogLine, Store
 from faena.workers.port import OutputLine
 
@@ -20,14 +20,13 @@ class LogRecorder:
     def __init__(self, store: Store, bus: EventBus, flush_interval: float = 0.1) -> None:
         self._store = store
         self._bus = bus
-        self._interval = flush_interval
         self._pending: list[LogLine] = []
         self._seq: dict[tuple[str, int, int], int] = {}
-        self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._periodic = PeriodicFlush(self.flush, flush_interval, "log-recorder")
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="log-recorder")
+        self._periodic.start()
 
     async def record(
         self, run_id: str, job_id: str, attempt: int, index: int, lines: Sequence[OutputLine]
@@ -57,17 +56,13 @@ class LogRecorder:
     async def flush(self) -> None:
         async with self._lock:
             lines, self._pending = self._pending, []
-            if lines:
+            if not lines:
+                return
+            try:
                 await self._store.append_logs(lines)
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()
+            except Exception:
+                self._pending[:0] = lines  # kept for the next flush
+                raise
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.flush()
+        await self._periodic.close()

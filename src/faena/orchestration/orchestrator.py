@@ -320,7 +320,7 @@ class Orchestrator:
                             "message": "the process running this job stopped",
                         },
                     )
-                tx.emit(h, *_requeue(job.job_id, job.attempt + 1, "infra"))
+                tx.emit(h, *progress.request_action(job.job_id, job.attempt + 1, "infra"))
                 requeued.append(job.job_id)
             tx.settle(h)
             return [j.job_id for j in h.run.jobs.values() if j.state is JobState.PENDING]
@@ -494,7 +494,7 @@ class Orchestrator:
                 },
             )
             if job.infra_retries < MAX_INFRA_RETRIES and not job.cancel_requested:
-                tx.emit(h, *_requeue(job_id, job.attempt + 1, "infra"))
+                tx.emit(h, *progress.request_action(job_id, job.attempt + 1, "infra"))
             else:
                 tx.emit(
                     h,
@@ -662,7 +662,7 @@ class Orchestrator:
                     delay = policy.delay_before(job.retries_used + 2)
                     tx.emit(
                         h,
-                        *_requeue(
+                        *progress.request_action(
                             job_id,
                             job.attempt + 1,
                             "retry",
@@ -677,17 +677,3 @@ class Orchestrator:
 def _log_failure(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.error("queued command failed", exc_info=fut.exception())
-
-
-def _requeue(
-    job_id: str, attempt: int, reason: str, not_before: float | None = None
-) -> tuple[str, dict[str, Any]]:
-    payload: dict[str, Any] = {
-        "job_id": job_id,
-        "spec_hash": "",
-        "attempt": attempt,
-        "reason": reason,
-    }
-    if not_before is not None:
-        payload["not_before"] = not_before
-    return "ci.job.v1.requested", payload
