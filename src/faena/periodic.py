@@ -31,6 +31,12 @@ class PeriodicFlush:
                 # What was not flushed stays pending and goes with the next flush.
                 log.exception("%s: flush failed", self._name)
 
+    def cancel(self) -> None:
+        """Stop the background flushes (no final flush)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()

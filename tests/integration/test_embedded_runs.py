@@ -484,3 +484,63 @@ async def test_provider_errors_are_retried_by_the_platform_then_fail(tmp_path: P
     assert job.state is JobState.FAILED and job.error_code == "WKM-PROV"
     assert broken.creates == 4  # first try + 3 platform retries; no job retry configured
     assert job.retries_used == 0
+
+
+async def test_retry_back_off_ends_at_the_job_timeout(harness: Harness) -> None:
+    run = await harness.run(
+        """
+jobs:
+  slow-retry:
+    timeout: 1s
+    steps:
+      - run: exit 1
+        retry: {max_attempts: 5, delay: 1h}
+"""
+    )
+    job = harness.job(run, "slow-retry")
+    assert job.state is JobState.FAILED and job.error_code == "EXEC-TIMEOUT"
+    assert job.steps[0].attempt == 1
+
+
+async def test_cancel_ends_a_retry_back_off(harness: Harness) -> None:
+    run_id = await harness.submit(
+        """
+jobs:
+  waiting:
+    steps:
+      - run: exit 1
+        retry: {max_attempts: 3, delay: 1h}
+"""
+    )
+    async with asyncio.timeout(20):
+        while not any(
+            e.subject == "ci.step.v1.failed" and e.correlation_id == run_id for e in harness.events
+        ):
+            await asyncio.sleep(0.02)
+    await harness.app.orchestrator.cancel(run_id)
+    async with asyncio.timeout(20):
+        run = await harness.app.orchestrator.wait(run_id)
+    assert run.state is RunState.CANCELLED
+    assert harness.job(run, "waiting").state is JobState.CANCELLED
+
+
+async def test_output_is_recorded_while_a_step_is_silent(harness: Harness) -> None:
+    run_id = await harness.submit(
+        """
+jobs:
+  quiet:
+    steps:
+      - run: echo "line one"; sleep 30
+"""
+    )
+    run = harness.app.orchestrator.snapshot(run_id)
+    assert run is not None
+    job_id = next(iter(run.jobs))
+    async with asyncio.timeout(20):
+        while not [
+            ln for ln in await harness.app.store.read_logs(run_id, job_id) if ln.text == "line one"
+        ]:
+            await asyncio.sleep(0.05)
+    await harness.app.orchestrator.cancel(run_id)
+    async with asyncio.timeout(20):
+        await harness.app.orchestrator.wait(run_id)

@@ -24,6 +24,7 @@ from faena.domain.errors import ErrorCode
 from faena.domain.events import new_id
 from faena.domain.progress import condition, display_name
 from faena.domain.spec import StepSpec
+from faena.periodic import PeriodicFlush
 from faena.workers.port import (
     ExecRequest,
     ExecResult,
@@ -45,6 +46,8 @@ class _Live:
     worker: Worker | None = None
     exec_id: str | None = None
     revoked: bool = False
+    # Set on revocation: wakes a step waiting out its retry back-off.
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -70,6 +73,15 @@ class LogBuffer:
         self._interval = interval
         self._lines: list[OutputLine] = []
         self._last = time.monotonic()
+        # Output followed by silence must not wait for the next line to be sent.
+        self._periodic = PeriodicFlush(self.flush, interval, "step-output")
+
+    def __enter__(self) -> LogBuffer:
+        self._periodic.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._periodic.cancel()
 
     async def add(self, line: OutputLine) -> None:
         self._lines.append(line)
@@ -113,6 +125,7 @@ class JobRunner:
         if live is None:
             return
         live.revoked = True
+        live.wakeup.set()
         if live.worker is not None and live.exec_id is not None:
             await self._provider.cancel(live.worker, live.exec_id)
 
@@ -198,7 +211,9 @@ class JobRunner:
                     "outputs": {},
                 }
                 continue
-            await self._run_step(a, worker, live, st, index, step, ctx, env_base, deadline, buf)
+            with buf:
+                await self._run_step(a, worker, live, st, index, step, ctx, env_base, deadline,
+                                     buf)  # fmt: skip
         self._collect_outputs(a, st, live)
 
     def _context(
@@ -281,14 +296,27 @@ class JobRunner:
                     f"(attempt {attempt + 1} of {policy.max_attempts})"
                 )
                 await buf.flush()
-                await asyncio.sleep(delay)
+                if deadline is not None:
+                    delay = min(delay, max(deadline - time.monotonic(), 0.0))
+                # A cancel or the job's timeout ends the back-off early.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(live.wakeup.wait(), timeout=delay)
+                if live.revoked:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    st.timed_out = True
+                    message = f"job timed out after {a.job.timeout:g}s"
+                    await buf.note(message)
+                    await buf.flush()
+                    outcome = replace(outcome, error_code="EXEC-TIMEOUT", message=message)
+                    break
                 continue
             break
         outputs = result.outputs if result else {}
         conclusion = outcome.outcome
         if outcome.outcome == "failure" and step.continue_on_error:
             conclusion = "success"
-        elif outcome.outcome == "failure":
+        elif outcome.outcome == "failure" and not live.revoked:
             st.failed = True
             st.error_code = outcome.error_code
             st.message = f"step '{display_name(step.name, ctx)}': {outcome.message}"

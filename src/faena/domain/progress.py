@@ -49,10 +49,15 @@ def job_entry(job_id: str, job: JobSpec) -> dict[str, Any]:
 
 
 def display_name(text: str, context: dict[str, Any]) -> str:
-    """A name with its ``${{ }}`` filled in where the context allows; as written otherwise."""
+    """A name with its ``${{ }}`` filled in when the context has all it reads; as written
+    otherwise (a name must not show an empty string for an output not known yet)."""
     if "${{" not in text:
         return text
     try:
+        for _, source in expressions.find_expressions(text):
+            for ref in expressions.references(expressions.parse(source)):
+                if ref and ref[0].lower() not in context:
+                    return text
         return expressions.interpolate(text, context)
     except expressions.ExpressionError:
         return text
@@ -173,6 +178,8 @@ def _expansions(run: PipelineRun, spec: PipelineSpec) -> list[Action]:
             job_id = entries[0]["job_id"]
             actions.append(request_action(job_id, 1, "start"))
             actions.append(_fail(job_id, 1, "ORC-VALID", error))
+        # One template per round: the next one's job ids depend on this one being applied.
+        return actions
     return actions
 
 
@@ -258,8 +265,9 @@ def _cancellations(run: PipelineRun, spec: PipelineSpec) -> list[Action]:
     """Cancel what a run cancel or a matrix fail-fast leaves without purpose."""
     doomed: dict[str, str] = {}
     if run.cancel_requested:
-        for j in run.jobs.values():
-            if j.state in (JobState.PENDING, JobState.SCHEDULED, JobState.RUNNING):
+        for j in run.active_jobs():
+            # Jobs released by `if: always()` or `cancelled()` run to their end.
+            if not _survives_cancel(concrete_job(spec, j).if_):
                 doomed[j.job_id] = run.cancel_reason or "run cancelled"
     for key, job in spec.jobs.items():
         if job.strategy is None or not job.strategy.fail_fast:

@@ -174,3 +174,35 @@ def test_cancel_cancels_waiting_and_pending_jobs() -> None:
     driver.settle()
     assert driver.run.state is RunState.CANCELLED
     assert {j.state for j in driver.run.jobs.values()} == {JobState.CANCELLED}
+
+
+def test_two_dynamic_matrices_on_one_need_both_expand() -> None:
+    spec = spec_of(
+        {"plan": [], "b1": ["plan"], "b2": ["plan"]},
+        b1={"strategy": MatrixSpec(expression='fromJSON(\'[{"x":1},{"x":2}]\')')},
+        b2={"strategy": MatrixSpec(expression="fromJSON('[{\"y\":1}]')")},
+    )
+    run = Driver(spec, {}).drive()
+    assert run.state is RunState.SUCCEEDED
+    names = sorted(j.name for j in run.jobs.values())
+    assert names == ["b1 (x=1)", "b1 (x=2)", "b2 (y=1)", "plan"]
+    assert len({j.job_id for j in run.jobs.values()}) == 4
+
+
+def test_always_jobs_still_run_after_a_cancel() -> None:
+    spec = spec_of({"a": [], "report": ["a"], "later": ["a"]}, report={"if_": "always()"})
+    driver = Driver(spec, {})
+    driver.settle()
+    driver.emit("ci.run.v1.cancel_requested", {"run_id": "r", "reason": "user"})
+    driver.settle()
+    run = driver.drive()
+    state = {j.key: j.state for j in run.jobs.values()}
+    assert state == {"a": JobState.CANCELLED, "report": JobState.SUCCEEDED,
+                     "later": JobState.CANCELLED}  # fmt: skip
+    assert run.state is RunState.CANCELLED
+
+
+def test_names_wait_for_what_they_read() -> None:
+    assert progress.display_name("t ${{ matrix.x }}", {"matrix": {"x": 1}}) == "t 1"
+    raw = "echo ${{ needs.a.outputs.v }}"
+    assert progress.display_name(raw, {"matrix": {}}) == raw
