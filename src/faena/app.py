@@ -16,7 +16,7 @@ from faena.orchestration.control_plane import InProcessControlPlane
 from faena.orchestration.logs import LogRecorder
 from faena.orchestration.orchestrator import Orchestrator
 from faena.scheduling.fifo import FifoScheduler
-from faena.settings import Settings
+from faena.settings import Settings, SettingsError
 from faena.store.port import Store
 from faena.store.sql import SqlStore
 from faena.workers.port import Worker, WorkerProvider
@@ -34,7 +34,16 @@ def step_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def open_store(settings: Settings) -> Store:
     """The store the settings name, not yet opened (for read-only commands)."""
-    return SqlStore(settings.db_url)
+    url = settings.db_url
+    if not url.startswith("sqlite"):
+        raise SettingsError(
+            f"FAENA_DATABASE_URL={url!r}: this version stores runs in SQLite only "
+            "(sqlite:///path/to/faena.db); PostgreSQL comes with the distributed shape"
+        )
+    try:
+        return SqlStore(url)
+    except Exception as exc:
+        raise SettingsError(f"FAENA_DATABASE_URL={url!r} is not a usable URL: {exc}") from exc
 
 
 class App:

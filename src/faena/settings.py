@@ -12,8 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def _bool(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+class SettingsError(ValueError):
+    """A FAENA_* variable has a value faena cannot use."""
+
+
+def _bool(value: str, name: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -44,9 +53,12 @@ class Settings:
         if e.get("FAENA_HOME"):
             values["home"] = Path(e["FAENA_HOME"])
         if e.get("FAENA_JOBS"):
-            values["jobs"] = int(e["FAENA_JOBS"])
+            raw = e["FAENA_JOBS"]
+            if not raw.strip().isdigit() or int(raw) < 1:
+                raise SettingsError(f"FAENA_JOBS must be a whole number >= 1, got {raw!r}")
+            values["jobs"] = int(raw)
         if e.get("FAENA_KEEP_WORKSPACE"):
-            values["keep_workspace"] = _bool(e["FAENA_KEEP_WORKSPACE"])
+            values["keep_workspace"] = _bool(e["FAENA_KEEP_WORKSPACE"], "FAENA_KEEP_WORKSPACE")
         if e.get("FAENA_DATABASE_URL"):
             values["database_url"] = e["FAENA_DATABASE_URL"]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -107,7 +107,7 @@ async def _logs(
                 print(f"error: run {run_id} has no job '{job}' (jobs: {names})", file=sys.stderr)
                 return 2
         for j in jobs:
-            lines = await store.read_logs(run_id, j["job_id"])
+            lines = await _all_lines(store, run_id, j["job_id"])
             if json_out:
                 for ln in lines:
                     print(
@@ -128,6 +128,16 @@ async def _logs(
     finally:
         await store.close()
     return 0
+
+
+async def _all_lines(store: Any, run_id: str, job_id: str) -> list[Any]:
+    """Every line of the job, read a page at a time."""
+    lines: list[Any] = []
+    after = 0
+    while page := await store.read_logs(run_id, job_id, after_id=after, limit=10_000):
+        lines.extend(page)
+        after = page[-1].id
+    return lines
 
 
 def _print_job(job: dict[str, Any], lines: list[Any], timestamps: bool) -> None:

@@ -8,6 +8,7 @@ alone would break the 150 ms budget of ``faena --help`` and ``faena validate``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,8 +135,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         sys.exit(EXIT_INVALID)
+    from faena.settings import SettingsError
+
     try:
         code = dispatch(args)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_INVALID
+    except BrokenPipeError:
+        # `faena logs ... | head`: the reader left; say nothing more (Python's recipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT_FAILED
     sys.exit(code)

@@ -59,6 +59,7 @@ async def _drive(
         await app.start()
     except Exception as exc:
         print(f"error: cannot open the store at {settings.db_url}: {exc}", file=sys.stderr)
+        await app.close()
         return EXIT_FAILED
     lock: RunLock | None = None
     interrupted = 0
