@@ -214,3 +214,20 @@ def test_usage_errors_exit_2(faena, pipeline):
     assert bad_jobs.returncode == 2
     assert "-j" in bad_jobs.stderr or "--jobs" in bad_jobs.stderr
     assert faena.runs() == []
+
+
+def test_flags_may_follow_positionals_and_errors_name_the_command(faena):
+    bad = faena("run", "--foo")
+    assert bad.returncode == 2
+    assert "usage: faena run" in bad.stderr and "--foo" in bad.stderr
+
+
+def test_bad_settings_in_the_environment_are_clear_errors(faena):
+    for env, needle in (
+        ({"FAENA_JOBS": "abc"}, "FAENA_JOBS"),
+        ({"FAENA_KEEP_WORKSPACE": "maybe"}, "FAENA_KEEP_WORKSPACE"),
+        ({"FAENA_DATABASE_URL": "postgresql://x@h/db"}, "SQLite only"),
+    ):
+        result = faena("runs", env=env)
+        assert result.returncode == 2, (env, result.stderr)
+        assert needle in result.stderr and "Traceback" not in result.stderr

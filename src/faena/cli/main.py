@@ -34,74 +34,70 @@ def _positive(value: str) -> int:
     return n
 
 
+COMMANDS = {
+    "run": "Run a pipeline on this machine and show its progress live.",
+    "validate": "Check a pipeline file; print every error with its place.",
+    "resume": "Continue a run whose process died; finished jobs stay done.",
+    "runs": "List recent runs, newest first.",
+    "logs": "Print the output of a run, or of one of its jobs.",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The top level: the command name; each command parses the rest on its own."""
+    listing = "\n".join(f"  {name:<10}{text}" for name, text in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="faena",
-        description=DESCRIPTION,
-        epilog=EPILOG,
+        usage="faena [-h] [--version] COMMAND [ARGS ...]",
+        description=f"{DESCRIPTION}\n\ncommands:\n{listing}",
+        epilog=EPILOG + "\nhelp on a command: faena COMMAND --help",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"faena {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND",
+                        help=argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text)
 
-    def json_flag(p: argparse.ArgumentParser) -> None:
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """One command's options; parsed intermixed, so flags may come after positionals."""
+    p = argparse.ArgumentParser(prog=f"faena {name}", description=COMMANDS[name])
+
+    def json_flag() -> None:
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    run = command("run", "Run a pipeline on this machine and show its progress live.")
-    run.add_argument(
-        "file",
-        nargs="?",
-        type=Path,
-        default=Path("faena.yml"),
-        help="pipeline file (default: faena.yml)",
-    )
-    run.add_argument(
-        "-j",
-        "--jobs",
-        type=_positive,
-        default=None,
-        help="jobs run at once (default: CPU count; env FAENA_JOBS)",
-    )
-    json_flag(run)
-    run.add_argument(
-        "--keep-workspace", action="store_true", help="keep each job's workspace directory"
-    )
+    def pipeline_file() -> None:
+        p.add_argument("file", nargs="?", type=Path, default=Path("faena.yml"),
+                       help="pipeline file (default: faena.yml)")  # fmt: skip
 
-    validate = command("validate", "Check a pipeline file; print every error with its place.")
-    validate.add_argument(
-        "file",
-        nargs="?",
-        type=Path,
-        default=Path("faena.yml"),
-        help="pipeline file (default: faena.yml)",
-    )
-    json_flag(validate)
+    def jobs_flag() -> None:
+        p.add_argument("-j", "--jobs", type=_positive, default=None,
+                       help="jobs run at once (default: CPU count; env FAENA_JOBS)")  # fmt: skip
 
-    resume = command("resume", "Continue a run whose process died; finished jobs stay done.")
-    resume.add_argument("run_id", metavar="RUN", help="run id, unique prefix, or 'last'")
-    resume.add_argument(
-        "-j", "--jobs", type=_positive, default=None, help="jobs run at once (default: CPU count)"
-    )
-    json_flag(resume)
-
-    runs = command("runs", "List recent runs, newest first.")
-    runs.add_argument("-n", "--limit", type=_positive, default=20, help="how many (default 20)")
-    json_flag(runs)
-
-    logs = command("logs", "Print the output of a run, or of one of its jobs.")
-    logs.add_argument("run_id", metavar="RUN", help="run id, unique prefix, or 'last'")
-    logs.add_argument("job", metavar="JOB", nargs="?", help="job name, key or id (prefix ok)")
-    logs.add_argument(
-        "-t",
-        "--timestamps",
-        action="store_true",
-        help="prefix each line with the time it was written",
-    )
-    json_flag(logs)
-    return parser
+    if name == "run":
+        pipeline_file()
+        jobs_flag()
+        json_flag()
+        p.add_argument("--keep-workspace", action="store_true",
+                       help="keep each job's workspace directory")  # fmt: skip
+    elif name == "validate":
+        pipeline_file()
+        json_flag()
+    elif name == "resume":
+        p.add_argument("run_id", metavar="RUN", help="run id, unique prefix, or 'last'")
+        jobs_flag()
+        json_flag()
+    elif name == "runs":
+        p.add_argument("-n", "--limit", type=_positive, default=20, help="how many (default 20)")
+        json_flag()
+    elif name == "logs":
+        p.add_argument("run_id", metavar="RUN", help="run id, unique prefix, or 'last'")
+        p.add_argument("job", metavar="JOB", nargs="?", help="job name, key or id (prefix ok)")
+        p.add_argument("-t", "--timestamps", action="store_true",
+                       help="prefix each line with the time it was written")  # fmt: skip
+        json_flag()
+    return p
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -131,10 +127,12 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
+    top = parser.parse_args(argv)
+    if top.command is None:
         parser.print_help()
         sys.exit(EXIT_INVALID)
+    args = command_parser(top.command).parse_intermixed_args(top.args)
+    args.command = top.command
     from faena.settings import SettingsError
 
     try:

@@ -939,6 +939,17 @@ def _reference_problem(ref: tuple[str, ...], scope: _Scope) -> str | None:
             return "the steps context is only available in steps and job outputs"
         if name is not None and not _contains(scope.steps, name):
             return f"unknown step id '{name}'{_hint(name, scope.steps)}"
+        field = ref[2].lower() if len(ref) > 2 and ref[2] != "*" else None
+        if field is not None and field not in _STEP_FIELDS:
+            return f"steps.{name} has no '{ref[2]}'{_hint(ref[2], _STEP_FIELDS)}"
+    elif head == "job":
+        if scope.steps is None:
+            return "the job context is only available in steps (job.status)"
+        if name is not None and name.lower() != "status":
+            return f"the job context has only 'status', not '{name}'"
+    elif head == "faena":
+        if name is not None and name.lower() not in _FAENA_FIELDS:
+            return f"the faena context has no '{name}'{_hint(name, _FAENA_FIELDS)}"
     elif head not in CONTEXTS:
         return f"unknown context '{ref[0]}'{_hint(ref[0], CONTEXTS)}; known: {', '.join(CONTEXTS)}"
     return None
@@ -946,6 +957,8 @@ def _reference_problem(ref: tuple[str, ...], scope: _Scope) -> str | None:
 
 # What expressions can read (the evaluator's context); anything else is a typo.
 CONTEXTS = ("env", "matrix", "needs", "steps", "job", "faena")
+_STEP_FIELDS = ("outputs", "outcome", "conclusion")
+_FAENA_FIELDS = ("run_id", "pipeline", "job", "source_dir")
 
 
 def _contains(names: Collection[str], name: str) -> bool:

@@ -24,3 +24,20 @@ def test_known_contexts_pass() -> None:
         "      - run: echo ${{ env.X }} ${{ faena.run_id }} ${{ job.status }}\n"
     )
     assert parse_pipeline(text).jobs["a"].steps[0].run.startswith("echo")
+
+
+@pytest.mark.parametrize(
+    ("snippet", "message"),
+    [
+        ("if: job.status == 'success'\n    steps: [{run: 'true'}]",
+         "the job context is only available in steps"),
+        ("steps: [{run: 'echo ${{ faena.nope }}'}]", "the faena context has no 'nope'"),
+        ("steps: [{run: 'echo ${{ job.nope }}'}]", "the job context has only 'status'"),
+        ("steps: [{id: s, run: 'true'}, {run: 'echo ${{ steps.s.outptus.x }}'}]",
+         "steps.s has no 'outptus' (did you mean 'outputs'?)"),
+    ],
+)  # fmt: skip
+def test_fields_of_known_contexts_are_checked(snippet: str, message: str) -> None:
+    with pytest.raises(SpecValidationError) as err:
+        parse_pipeline(f"jobs:\n  a:\n    {snippet}\n")
+    assert any(message in i.message for i in err.value.issues), err.value.issues
