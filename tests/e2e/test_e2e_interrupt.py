@@ -49,10 +49,11 @@ def _step_pids(faena) -> list[int]:
 
 
 @pytest.mark.timeout(60)
-def test_sigint_cancels_the_run_and_its_processes(faena, pipeline):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["SIGINT", "SIGHUP"])
+def test_sigint_cancels_the_run_and_its_processes(faena, pipeline, sig):
     pipeline(LONG_STEP)
     proc, _ = _start_and_wait_for_pid(faena)
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, sig)
     try:
         out, err = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:

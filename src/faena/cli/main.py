@@ -88,6 +88,8 @@ def command_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("run_id", metavar="RUN", help="run id, unique prefix, or 'last'")
         jobs_flag()
         json_flag()
+        p.add_argument("--keep-workspace", action="store_true",
+                       help="keep each job's workspace directory")  # fmt: skip
     elif name == "runs":
         p.add_argument("-n", "--limit", type=_positive, default=20, help="how many (default 20)")
         json_flag()
@@ -113,7 +115,8 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "resume":
         from faena.cli.run import resume_command
 
-        return resume_command(args.run_id, jobs=args.jobs, json_out=args.json)
+        return resume_command(args.run_id, jobs=args.jobs, json_out=args.json,
+                              keep_workspace=args.keep_workspace)  # fmt: skip
     if args.command == "runs":
         from faena.cli.inspect import runs_command
 

@@ -50,6 +50,7 @@ class Display:
         self.snapshot = snapshot
         self.run_id = ""
         self._tails: dict[tuple[str, int], deque[str]] = {}
+        self._early: list[Event] = []
 
     def tail(self, job_id: str, index: int) -> list[str]:
         return list(self._tails.get((job_id, index), ()))
@@ -60,11 +61,20 @@ class Display:
         buf.extend(line["text"] for line in p["lines"])
 
     async def on_event(self, event: Event) -> None:
-        if self.run_id and event.correlation_id != self.run_id:
+        if not self.run_id:
+            # Events can arrive before submit returns the run id: shown once it is known.
+            self._early.append(event)
+            return
+        if event.correlation_id != self.run_id:
             return
         if event.subject == "ci.log.v1.chunk":
             self._keep_lines(event)
         self.handle(event)
+
+    async def replay(self) -> None:
+        early, self._early = self._early, []
+        for event in early:
+            await self.on_event(event)
 
     def handle(self, event: Event) -> None: ...
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from faena.domain.errors import FaenaError, SpecValidationError
-from faena.domain.spec import PipelineSpec
+from faena.domain.spec import PipelineSpec, Resources
 from faena.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -32,12 +32,22 @@ def run_command(file: Path, *, jobs: int | None, json_out: bool, keep_workspace:
         return EXIT_INVALID
     # Jobs find the pipeline's directory in FAENA_SOURCE_DIR, whatever the cwd.
     spec = replace(spec, source=str(file.resolve()))
+    unenforced = sorted(
+        {f for j in spec.jobs.values() for f, used in
+         (("runs-on", j.runs_on), ("image", j.image), ("resources", j.resources != Resources()))
+         if used}
+    )  # fmt: skip
+    if unenforced and not json_out:
+        print(f"note: {', '.join(unenforced)} recorded but not enforced: every job runs as "
+              "local processes on this machine", file=sys.stderr)  # fmt: skip
     settings = Settings.from_env(jobs=jobs, keep_workspace=keep_workspace or None)
     return asyncio.run(_drive(settings, json_out, spec=spec))
 
 
-def resume_command(ref: str, *, jobs: int | None, json_out: bool) -> int:
-    settings = Settings.from_env(jobs=jobs)
+def resume_command(
+    ref: str, *, jobs: int | None, json_out: bool, keep_workspace: bool = False
+) -> int:
+    settings = Settings.from_env(jobs=jobs, keep_workspace=keep_workspace or None)
     return asyncio.run(_drive(settings, json_out, resume_ref=ref))
 
 
@@ -88,6 +98,7 @@ async def _drive(
             lock = RunLock(settings.locks, run_id)
             lock.acquire()
             display.start(run_id)
+            await display.replay()
         else:
             assert run_id is not None
             try:
@@ -96,6 +107,7 @@ async def _drive(
                 print(f"error: {exc.message}", file=sys.stderr)
                 return EXIT_INVALID
             display.start(run_id)
+            await display.replay()
             display.note(f"resuming run {run_id}")
 
         loop = asyncio.get_running_loop()
@@ -113,7 +125,8 @@ async def _drive(
                 app.local.hurry()
                 waiter.cancel()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too: a closed terminal or SSH session cancels the run cleanly.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, on_signal)
         waiter = asyncio.ensure_future(app.orchestrator.wait(run_id))
         try:
@@ -123,11 +136,14 @@ async def _drive(
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(app.bus.drain(), timeout=5)
         display.finish(run)
+        if settings.keep_workspace:
+            display.note(f"workspaces kept in {settings.workspaces.resolve()}/<worker>/workspace "
+                         "(faena run --json shows each job's worker)")  # fmt: skip
         if interrupted:
             return EXIT_INTERRUPTED
         return EXIT_OK if run.state is RunState.SUCCEEDED else EXIT_FAILED
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_signal_handler(sig)
         await app.close()

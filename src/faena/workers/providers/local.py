@@ -246,8 +246,11 @@ class LocalProvider:
         )
 
     def hurry(self) -> None:
-        """From now on, kill without waiting for processes to exit on SIGTERM."""
+        """Kill every running step now (SIGKILL), and from now on without a grace period."""
         self._kill_grace = 0.0
+        for state in self._workers.values():
+            for group in list(state.groups):
+                _signal_tree(group, signal.SIGKILL)
 
     async def cancel(self, worker: Worker, exec_id: str) -> None:
         """Kill a running exec's process group and wait until it is gone; no-op if none."""
