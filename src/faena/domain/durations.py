@@ -55,7 +55,8 @@ def _number(value: object, what: str) -> float | None:
     """``value`` as a float if it is a real number; None if it is some other type."""
     # bool is an int subclass, but `timeout: true` is a mistake, not one second.
     if isinstance(value, bool):
-        raise ValueError(f"invalid {what} {value!r}: expected a number or a string with a unit")
+        shown = "true" if value else "false"  # as the YAML said it, not Python's True
+        raise ValueError(f"invalid {what} {shown}: expected a number or a string with a unit")
     if isinstance(value, int | float):
         number = float(value)
         if not math.isfinite(number):

@@ -117,9 +117,9 @@ def to_python(node: Node) -> Any:
 def describe(node: Node) -> str:
     """What a node is, for "expected X, got Y" messages: ``string 'abc'``, ``a list``."""
     if isinstance(node, MappingNode):
-        return "a mapping"
+        return "a mapping" if node.items else "an empty mapping"
     if isinstance(node, SequenceNode):
-        return "a list"
+        return "a list" if node.items else "an empty list"
     assert isinstance(node, ScalarNode)
     value = node.value
     if value is None:

@@ -467,14 +467,14 @@ def test_missing_and_empty_required_fields() -> None:
               - run: "   "
         """
     ) == [
-        "faena.yml:3:12 jobs.a.steps: expected a non-empty list of steps, got a list",
+        "faena.yml:3:12 jobs.a.steps: expected a non-empty list of steps, got an empty list",
         "faena.yml:5:5 jobs.b: missing required field 'steps'",
         "faena.yml:8:9 jobs.c.steps[0]: missing required field 'run'",
         "faena.yml:9:14 jobs.c.steps[1].run: must not be empty",
     ]
     assert errors("name: x\n") == ["faena.yml:1:1 missing required field 'jobs'"]
     assert errors("jobs: {}\n") == [
-        "faena.yml:1:7 jobs: expected a non-empty mapping of jobs, got a mapping"
+        "faena.yml:1:7 jobs: expected a non-empty mapping of jobs, got an empty mapping"
     ]
 
 
