@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Mapping
 from types import TracebackType
+from typing import Any
 
 from faena.agent.embedded import EmbeddedAgent
 from faena.agent.runner import JobRunner
@@ -119,3 +120,24 @@ class App:
                     await self.local.destroy(Worker(job["worker_id"], "local", ""))
         requested = await self.orchestrator.resume(run_id)
         await self.bus.publish(requested)
+
+
+def build_server(settings: Settings, admin_token: str | None) -> tuple[Any, App, str | None]:
+    """The control plane as an ASGI app around an embedded system (in-process agent).
+
+    Returns the app, the system, and the admin token when it was created just now.
+    """
+    from faena.api.app import create_api
+    from faena.security.tokens import ADMIN, ScopeAuthorizer, TokenAuthenticator, admin_token_hash
+
+    system = App(settings)
+    digest, created = admin_token_hash(settings.home, admin_token)
+    api = create_api(
+        orchestrator=system.orchestrator,
+        store=system.store,
+        authenticator=TokenAuthenticator({digest: ADMIN}),
+        authorizer=ScopeAuthorizer(),
+        lifespan=system.start,
+        shutdown=system.close,
+    )
+    return api, system, created

@@ -40,6 +40,7 @@ COMMANDS = {
     "resume": "Continue a run whose process died; finished jobs stay done.",
     "runs": "List recent runs, newest first.",
     "logs": "Print the output of a run, or of one of its jobs.",
+    "server": "Serve the HTTP API (with an in-process agent running the jobs).",
 }
 
 
@@ -99,6 +100,13 @@ def command_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("-t", "--timestamps", action="store_true",
                        help="prefix each line with the time it was written")  # fmt: skip
         json_flag()
+    elif name == "server":
+        p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+        p.add_argument("--port", type=_positive, default=8080, help="port (default 8080)")
+        p.add_argument("--admin-token", default=None,
+                       help="admin token (env FAENA_ADMIN_TOKEN; default: created at first "
+                            "start and printed once)")  # fmt: skip
+        jobs_flag()
     return p
 
 
@@ -125,6 +133,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from faena.cli.inspect import logs_command
 
         return logs_command(args.run_id, args.job, args.json, timestamps=args.timestamps)
+    if args.command == "server":
+        from faena.cli.server import server_command
+
+        return server_command(args.host, args.port, args.admin_token, args.jobs)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,183 @@
+"""The control plane's HTTP API (FastAPI): pipelines under /api/v1, health at the root.
+
+Every /api/v1 route authenticates (bearer token) and checks its scope through the ports in
+``faena.security``; errors are RFC 9457 problems (``faena.api.problems``).
+No ``from __future__ import annotations`` here: FastAPI reads the route annotations at
+definition time, and they name dependencies built in this function's scope.
+"""
+
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from faena import __version__
+from faena.api import problems
+from faena.domain.errors import ErrorCode, FaenaError, NotFound
+from faena.orchestration.orchestrator import Orchestrator
+from faena.security.port import Authenticator, Authorizer, Principal
+from faena.spec import parse_pipeline
+from faena.store.port import AmbiguousRef, Store
+
+IDEMPOTENCY_TTL = 24 * 3600.0
+MAX_BODY = 1 << 20
+
+
+class IdempotencyConflict(FaenaError):
+    code = ErrorCode.ORC_VALID
+
+
+def create_api(
+    *,
+    orchestrator: Orchestrator,
+    store: Store,
+    authenticator: Authenticator,
+    authorizer: Authorizer,
+    lifespan: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    shutdown: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    max_body: int = MAX_BODY,
+) -> FastAPI:
+    """The ASGI app; ``lifespan``/``shutdown`` start and stop the system around it."""
+
+    @asynccontextmanager
+    async def run(_: FastAPI) -> AsyncIterator[None]:
+        if lifespan is not None:
+            await lifespan()
+        try:
+            yield
+        finally:
+            if shutdown is not None:
+                await shutdown()
+
+    api = FastAPI(title="faena", version=__version__, lifespan=run)
+    problems.install(api)
+    # key -> (body sha256, run id, when); kept in memory for now (a restart forgets them).
+    seen_keys: dict[str, tuple[str, str, float]] = {}
+
+    def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+        token = None
+        if authorization and authorization.lower().startswith("bearer "):
+            token = authorization[7:].strip()
+        return authenticator.authenticate(token)
+
+    def scope(name: str) -> Callable[[Principal], Principal]:
+        def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
+            authorizer.authorize(p, name)
+            return p
+
+        return check
+
+    async def resolve(ref: str) -> str:
+        try:
+            run_id = await store.resolve_run_id(ref)
+        except AmbiguousRef as exc:
+            raise FaenaError(exc.message, code=ErrorCode.ORC_VALID) from exc
+        if run_id is None:
+            raise NotFound(f"no run {ref}")
+        return run_id
+
+    @api.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """Readiness: the store answers."""
+        try:
+            await store.list_runs(limit=1)
+        except Exception as exc:
+            return problems.problem(503, ErrorCode.ORC_INFRA, f"store unavailable: {exc}")
+        return JSONResponse({"status": "ready"})
+
+    @api.post(
+        "/api/v1/pipelines",
+        status_code=201,
+        tags=["pipelines"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/yaml": {"schema": {"type": "string"}},
+                    "application/json": {"schema": {"type": "object"}},
+                },
+            }
+        },
+    )
+    async def submit(
+        request: Request,
+        p: Annotated[Principal, Depends(scope("job:create"))],
+        idempotency_key: Annotated[str | None, Header()] = None,
+        x_faena_filename: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
+        """Submit a run of a pipeline written as faena.yml (YAML, or the same as JSON)."""
+        body = await _read_body(request, max_body)
+        digest = hashlib.sha256(body).hexdigest()
+        now = time.time()
+        if idempotency_key:
+            earlier = seen_keys.get(idempotency_key)
+            if earlier and now - earlier[2] < IDEMPOTENCY_TTL:
+                if earlier[0] != digest:
+                    raise IdempotencyConflict("Idempotency-Key was used with a different body")
+                return {"run_id": earlier[1], "created": False}
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FaenaError("the body is not UTF-8", code=ErrorCode.ORC_VALID) from None
+        spec = parse_pipeline(text, filename=x_faena_filename or "faena.yml")
+        spec = replace(spec, source="")  # no local checkout behind an API submission
+        run_id = await orchestrator.submit(spec, options={"submitted_by": p.subject})
+        if idempotency_key:
+            seen_keys[idempotency_key] = (digest, run_id, now)
+        return {"run_id": run_id, "created": True}
+
+    @api.get("/api/v1/pipelines", tags=["pipelines"])
+    async def list_runs(
+        _: Annotated[Principal, Depends(scope("job:read"))],
+        limit: Annotated[int, Query(ge=1, le=500)] = 20,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        state: Annotated[str | None, Query(pattern="^[A-Z]+$")] = None,
+    ) -> dict[str, Any]:
+        """Runs, newest first."""
+        rows = await store.list_runs(limit=limit, offset=offset, state=state)
+        return {"items": rows, "limit": limit, "offset": offset}
+
+    @api.get("/api/v1/pipelines/{run_ref}", tags=["pipelines"])
+    async def get_run(
+        run_ref: str, _: Annotated[Principal, Depends(scope("job:read"))]
+    ) -> dict[str, Any]:
+        """One run with its jobs (id, unique prefix, or ``last``)."""
+        row = await store.get_run(await resolve(run_ref))
+        if row is None:
+            raise NotFound(f"no run {run_ref}")
+        return row
+
+    @api.post("/api/v1/pipelines/{run_ref}/cancel", status_code=202, tags=["pipelines"])
+    async def cancel_run(
+        run_ref: str, p: Annotated[Principal, Depends(scope("job:cancel"))]
+    ) -> dict[str, str]:
+        """Cancel a run; idempotent."""
+        run_id = await resolve(run_ref)
+        await orchestrator.cancel(run_id, f"cancelled by {p.subject}")
+        return {"run_id": run_id, "status": "cancelling"}
+
+    return api
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise problems.PayloadTooLarge(f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise problems.PayloadTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,34 @@
+"""``faena server``: the control plane over HTTP, with an in-process agent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from faena.settings import Settings
+
+
+def server_command(host: str, port: int, admin_token: str | None, jobs: int | None) -> int:
+    import uvicorn
+
+    from faena.app import build_server
+
+    settings = Settings.from_env(jobs=jobs)
+    token = admin_token or os.environ.get("FAENA_ADMIN_TOKEN") or None
+    api, _, created = build_server(settings, token)
+    if created:
+        print(
+            f"admin token (shown once; stored hashed in {settings.home}/admin-token.sha256):\n"
+            f"  {created}\n"
+            f"use it as: Authorization: Bearer <token>",
+            file=sys.stderr,
+        )
+    config = uvicorn.Config(api, host=host, port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    print(f"faena server listening on http://{host}:{port} (API under /api/v1)", file=sys.stderr)
+    try:
+        asyncio.run(server.serve())
+    except KeyboardInterrupt:
+        return 130
+    return 0

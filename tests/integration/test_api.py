@@ -1,0 +1,132 @@
+"""The HTTP API on a real uvicorn on 127.0.0.1, driven with httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from faena.app import build_server
+from faena.settings import Settings
+
+TOKEN = "test-admin-token"
+PIPELINE = """name: api
+jobs:
+  a:
+    steps: [{run: echo hello}]
+  b:
+    needs: a
+    steps: [{run: 'true'}]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    api, _, created = build_server(Settings(home=tmp_path / "home", jobs=2), TOKEN)
+    assert created is None
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(20):
+        while not server.started:
+            await asyncio.sleep(0.02)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as c:
+        yield c
+    server.should_exit = True
+    await task
+
+
+async def wait_done(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        while True:
+            body: dict[str, Any] = (await client.get(f"/api/v1/pipelines/{run_id}")).json()
+            if body["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                return body
+            await asyncio.sleep(0.05)
+
+
+async def test_health_needs_no_token(client: httpx.AsyncClient) -> None:
+    anonymous = httpx.AsyncClient(base_url=str(client.base_url))
+    async with anonymous:
+        assert (await anonymous.get("/healthz")).json() == {"status": "ok"}
+        assert (await anonymous.get("/readyz")).status_code == 200
+
+
+async def test_submit_and_follow_a_run(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/v1/pipelines", content=PIPELINE,
+                          headers={"Content-Type": "application/yaml"})  # fmt: skip
+    assert r.status_code == 201, r.text
+    run_id = r.json()["run_id"]
+    run = await wait_done(client, run_id)
+    assert run["state"] == "SUCCEEDED"
+    assert [j["name"] for j in run["jobs"]] == ["a", "b"]
+    listed = (await client.get("/api/v1/pipelines", params={"limit": 5})).json()
+    assert listed["items"][0]["run_id"] == run_id
+    again = await client.post(f"/api/v1/pipelines/{run_id}/cancel")
+    assert again.status_code == 202  # cancelling a finished run is a no-op
+
+
+async def test_json_body_is_accepted(client: httpx.AsyncClient) -> None:
+    spec = {"jobs": {"a": {"steps": [{"run": "true"}]}}}
+    r = await client.post("/api/v1/pipelines", json=spec)
+    assert r.status_code == 201, r.text
+    assert (await wait_done(client, r.json()["run_id"]))["state"] == "SUCCEEDED"
+
+
+async def test_idempotency_key(client: httpx.AsyncClient) -> None:
+    headers = {"Idempotency-Key": "k1"}
+    first = await client.post("/api/v1/pipelines", content=PIPELINE, headers=headers)
+    second = await client.post("/api/v1/pipelines", content=PIPELINE, headers=headers)
+    assert first.status_code == 201 and second.status_code == 201
+    assert first.json()["run_id"] == second.json()["run_id"]
+    assert second.json()["created"] is False
+    other = await client.post("/api/v1/pipelines", content=PIPELINE + "# changed\n",
+                              headers=headers)  # fmt: skip
+    assert other.status_code == 422
+    assert other.json()["code"] == "ORC-VALID"
+
+
+async def test_auth_errors_are_problems(client: httpx.AsyncClient) -> None:
+    base = str(client.base_url)
+    async with httpx.AsyncClient(base_url=base) as anonymous:
+        r = await anonymous.get("/api/v1/pipelines")
+        assert r.status_code == 401
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["code"] == "SEC-TOK"
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": "Bearer nope"}) as bad:
+        assert (await bad.get("/api/v1/pipelines")).json()["code"] == "SEC-TOK"
+
+
+async def test_bad_input_is_4xx_with_located_errors(client: httpx.AsyncClient) -> None:
+    invalid = "jobs:\n  a:\n    needs: biuld\n    steps: [{run: x}]\n"
+    r = await client.post("/api/v1/pipelines", content=invalid)
+    assert r.status_code == 422
+    body = r.json()
+    assert body["code"] == "ORC-VALID"
+    assert body["errors"][0]["line"] == 3 and "did you mean" not in body["errors"][0]["message"]
+    assert (await client.post("/api/v1/pipelines", content=b"\xff\xfe")).status_code == 422
+    assert (await client.get("/api/v1/pipelines/nope")).status_code == 404
+    assert (await client.get("/api/v1/pipelines", params={"limit": 0})).status_code == 422
+    big = "x" * (2 << 20)
+    assert (await client.post("/api/v1/pipelines", content=big)).status_code == 413
+
+
+async def test_openapi_is_published(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert "/api/v1/pipelines" in spec["paths"]
+    assert "/api/v1/pipelines/{run_ref}/cancel" in spec["paths"]
