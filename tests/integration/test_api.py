@@ -130,3 +130,35 @@ async def test_openapi_is_published(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert "/api/v1/pipelines" in spec["paths"]
     assert "/api/v1/pipelines/{run_ref}/cancel" in spec["paths"]
+
+
+async def test_one_job_runs_and_job_cancel(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/v1/jobs", json={"id": "hello", "steps": [{"run": "echo hi"}]})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+    run = await wait_done(client, r.json()["run_id"])
+    assert run["state"] == "SUCCEEDED"
+    job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+    assert job["name"] == "hello" and job["state"] == "SUCCEEDED"
+
+    long = await client.post(
+        "/api/v1/pipelines",
+        content="jobs:\n  slow:\n    steps: [{run: sleep 300}]\n"
+        "  after:\n    needs: slow\n    steps: [{run: 'true'}]\n",
+    )
+    run_id = long.json()["run_id"]
+    async with asyncio.timeout(20):
+        while True:
+            jobs = (await client.get(f"/api/v1/pipelines/{run_id}")).json()["jobs"]
+            if jobs[0]["state"] == "RUNNING":
+                break
+            await asyncio.sleep(0.05)
+    r = await client.post(f"/api/v1/jobs/{jobs[0]['job_id']}/cancel")
+    assert r.status_code == 202
+    done = await wait_done(client, run_id)
+    states = {j["name"]: j["state"] for j in done["jobs"]}
+    assert states == {"slow": "CANCELLED", "after": "SKIPPED"}
+    assert done["state"] == "CANCELLED"
+    assert (await client.get("/api/v1/jobs/nope.1")).status_code == 404
+    bad = await client.post("/api/v1/jobs", content=b"[1, 2")
+    assert bad.status_code == 422 and bad.json()["code"] == "ORC-VALID"

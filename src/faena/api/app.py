@@ -7,6 +7,7 @@ definition time, and they name dependencies built in this function's scope.
 """
 
 import hashlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from fastapi.responses import JSONResponse
 from faena import __version__
 from faena.api import problems
 from faena.domain.errors import ErrorCode, FaenaError, NotFound
-from faena.orchestration.orchestrator import Orchestrator
+from faena.orchestration.orchestrator import Orchestrator, run_of
 from faena.security.port import Authenticator, Authorizer, Principal
 from faena.spec import parse_pipeline
 from faena.store.port import AmbiguousRef, Store
@@ -117,6 +118,11 @@ def create_api(
     ) -> dict[str, Any]:
         """Submit a run of a pipeline written as faena.yml (YAML, or the same as JSON)."""
         body = await _read_body(request, max_body)
+        return await submit_body(body, idempotency_key, x_faena_filename or "faena.yml", p)
+
+    async def submit_body(
+        body: bytes, idempotency_key: str | None, filename: str, p: Principal
+    ) -> dict[str, Any]:
         digest = hashlib.sha256(body).hexdigest()
         now = time.time()
         if idempotency_key:
@@ -129,7 +135,7 @@ def create_api(
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise FaenaError("the body is not UTF-8", code=ErrorCode.ORC_VALID) from None
-        spec = parse_pipeline(text, filename=x_faena_filename or "faena.yml")
+        spec = parse_pipeline(text, filename=filename)
         spec = replace(spec, source="")  # no local checkout behind an API submission
         run_id = await orchestrator.submit(spec, options={"submitted_by": p.subject})
         if idempotency_key:
@@ -166,7 +172,74 @@ def create_api(
         await orchestrator.cancel(run_id, f"cancelled by {p.subject}")
         return {"run_id": run_id, "status": "cancelling"}
 
+    async def job_row(job_id: str) -> dict[str, Any]:
+        run = await store.get_run(run_of(job_id)) if "." in job_id else None
+        for job in (run or {}).get("jobs", []):
+            if job["job_id"] == job_id:
+                return dict(job)
+        raise NotFound(f"no job {job_id}")
+
+    @api.post(
+        "/api/v1/jobs",
+        status_code=201,
+        tags=["jobs"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "application/yaml": {"schema": {"type": "string"}},
+                },
+            }
+        },
+    )
+    async def submit_job(
+        request: Request,
+        p: Annotated[Principal, Depends(scope("job:create"))],
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
+        """A one-job run: the body is one job as faena.yml writes it (``steps``, ...)."""
+        body = await _read_body(request, max_body)
+        try:
+            job = yaml_or_json(body)
+        except ValueError as exc:
+            raise FaenaError(str(exc), code=ErrorCode.ORC_VALID) from None
+        if not isinstance(job, dict):
+            raise FaenaError("the body must be one job (a mapping)", code=ErrorCode.ORC_VALID)
+        name = str(job.pop("id", None) or "job")
+        wrapped = json.dumps({"name": name, "jobs": {name: job}}).encode()
+        forwarded = await submit_body(wrapped, idempotency_key, "job.json", p)
+        run = await store.get_run(forwarded["run_id"])
+        job_id = (run or {}).get("jobs", [{}])[0].get("job_id")
+        return {**forwarded, "job_id": job_id}
+
+    @api.get("/api/v1/jobs/{job_id}", tags=["jobs"])
+    async def get_job(
+        job_id: str, _: Annotated[Principal, Depends(scope("job:read"))]
+    ) -> dict[str, Any]:
+        """One job with its steps."""
+        return await job_row(job_id)
+
+    @api.post("/api/v1/jobs/{job_id}/cancel", status_code=202, tags=["jobs"])
+    async def cancel_job(
+        job_id: str, p: Annotated[Principal, Depends(scope("job:cancel"))]
+    ) -> dict[str, str]:
+        """Cancel one job; its dependents are skipped. Idempotent."""
+        await job_row(job_id)
+        await orchestrator.cancel_job(job_id, f"cancelled by {p.subject}")
+        return {"job_id": job_id, "status": "cancelling"}
+
     return api
+
+
+def yaml_or_json(body: bytes) -> Any:
+    """Parse a small request body written as JSON or YAML."""
+    import yaml
+
+    try:
+        return yaml.safe_load(body.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"the body is neither JSON nor YAML: {exc}") from None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -12,7 +12,7 @@ from typing import Any
 
 from faena.domain import expressions
 from faena.domain.matrix import expand_job, matrix_from_value
-from faena.domain.run import FAILURE, JobRun, PipelineRun
+from faena.domain.run import CANCELLED, FAILURE, JobRun, PipelineRun
 from faena.domain.spec import JobSpec, PipelineSpec, with_matrix
 from faena.domain.states import JobState, RunState
 
@@ -314,4 +314,9 @@ def _completion(run: PipelineRun) -> Action:
                 "message": f"failed: {names}",
             },
         )
+    cancelled = [j for j in run.jobs.values() if j.result == CANCELLED]
+    if cancelled:
+        # A job cancelled on its own (not by the run) still means the run did not finish.
+        names = ", ".join(j.name for j in cancelled[:5])
+        return ("ci.run.v1.cancelled", {"run_id": run.run_id, "reason": f"cancelled: {names}"})
     return ("ci.run.v1.completed", {"run_id": run.run_id, "result": "success"})

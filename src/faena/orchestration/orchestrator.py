@@ -296,6 +296,25 @@ class Orchestrator:
 
         await self._call(command)
 
+    async def cancel_job(self, job_id: str, reason: str = "cancelled by user") -> None:
+        """Stop one job (dependents then skip, as after any cancelled need); idempotent."""
+        h = await self._load(run_of(job_id))
+
+        def command(tx: _Tx) -> None:
+            job = h.run.job(job_id)
+            if job.state.terminal or job.cancel_requested:
+                return
+            if job.state in (JobState.SCHEDULED, JobState.RUNNING):
+                tx.emit(h, "ci.assignment.v1.revoked",
+                        {"assignment_id": job.assignment_id, "job_id": job_id,
+                         "reason": reason})  # fmt: skip
+            if job.state is not JobState.RUNNING:
+                tx.emit(h, "ci.job.v1.cancelled",
+                        {"job_id": job_id, "reason": reason, "attempt": job.attempt})  # fmt: skip
+            tx.settle(h)
+
+        await self._call(command)
+
     async def resume(self, run_id: str) -> list[Event]:
         """Continue a run a dead process left behind; returns the JobRequested events of
         queued jobs, which the caller republishes to the (fresh) scheduler."""
