@@ -41,6 +41,9 @@ COMMANDS = {
     "runs": "List recent runs, newest first.",
     "logs": "Print the output of a run, or of one of its jobs.",
     "server": "Serve the HTTP API (with an in-process agent running the jobs).",
+    "submit": "Submit a pipeline to a faena server (FAENA_SERVER, FAENA_TOKEN).",
+    "status": "Show a run on a faena server.",
+    "cancel": "Cancel a run or a job on a faena server.",
 }
 
 
@@ -100,6 +103,25 @@ def command_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("-t", "--timestamps", action="store_true",
                        help="prefix each line with the time it was written")  # fmt: skip
         json_flag()
+    elif name in ("submit", "status", "cancel"):
+        if name == "submit":
+            pipeline_file()
+            p.add_argument("-f", "--follow", action="store_true",
+                           help="follow the run until it ends")  # fmt: skip
+        else:
+            p.add_argument(
+                "ref",
+                metavar="RUN" if name == "status" else "RUN|JOB",
+                help="run id, unique prefix or 'last' (or a job id for cancel)",
+            )
+        if name != "cancel":
+            json_flag()
+        p.add_argument(
+            "--server",
+            default=None,
+            help="server URL (env FAENA_SERVER; default http://127.0.0.1:8080)",
+        )
+        p.add_argument("--token", default=None, help="bearer token (env FAENA_TOKEN)")
     elif name == "server":
         p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
         p.add_argument("--port", type=_positive, default=8080, help="port (default 8080)")
@@ -133,6 +155,16 @@ def dispatch(args: argparse.Namespace) -> int:
         from faena.cli.inspect import logs_command
 
         return logs_command(args.run_id, args.job, args.json, timestamps=args.timestamps)
+    if args.command in ("submit", "status", "cancel"):
+        from faena.cli import client
+
+        if args.command == "submit":
+            return client.submit_command(args.file, follow=args.follow, json_out=args.json,
+                                         server=args.server, token=args.token)  # fmt: skip
+        if args.command == "status":
+            return client.status_command(args.ref, json_out=args.json, server=args.server,
+                                         token=args.token)  # fmt: skip
+        return client.cancel_command(args.ref, server=args.server, token=args.token)
     if args.command == "server":
         from faena.cli.server import server_command
 

@@ -1,0 +1,91 @@
+"""The CLI as a client of a real `faena server` subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import FAENA_CMD
+
+TOKEN = "e2e-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[dict[str, str]]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAENA_")}
+    env["FAENA_HOME"] = str(tmp_path / "server-home")
+    proc = subprocess.Popen(
+        [*FAENA_CMD, "server", "--port", str(port), "--admin-token", TOKEN],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
+                break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"server did not start: {proc.communicate()}")
+            time.sleep(0.1)
+    client_env = {**env, "FAENA_SERVER": url, "FAENA_TOKEN": TOKEN}
+    client_env.pop("FAENA_HOME")
+    yield client_env
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FAENA_CMD, *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def test_submit_follow_status_cancel(server: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "ok.yml").write_text("jobs:\n  a:\n    steps: [{run: echo hi}]\n")
+    r = cli(server, tmp_path, "submit", "ok.yml", "--follow")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "a succeeded" in r.stdout
+    st = cli(server, tmp_path, "status", "last")
+    assert st.returncode == 0 and "SUCCEEDED" in st.stdout
+
+    (tmp_path / "slow.yml").write_text("jobs:\n  s:\n    steps: [{run: sleep 300}]\n")
+    sub = cli(server, tmp_path, "submit", "slow.yml", "--json")
+    assert sub.returncode == 0, sub.stderr
+    c = cli(server, tmp_path, "cancel", "last")
+    assert c.returncode == 0, c.stderr
+    follow = cli(server, tmp_path, "status", "last", "--json")
+    assert follow.returncode == 0
+
+
+def test_client_errors(server: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "bad.yml").write_text("jobs:\n  a:\n    needs: nope\n    steps: [{run: x}]\n")
+    bad = cli(server, tmp_path, "submit", "bad.yml")
+    assert bad.returncode == 2
+    assert "ORC-VALID" in bad.stderr and "bad.yml:3:" in bad.stderr
+    wrong = cli({**server, "FAENA_TOKEN": "nope"}, tmp_path, "status", "last")
+    assert wrong.returncode == 2 and "SEC-TOK" in wrong.stderr
+    missing = cli(server, tmp_path, "status", "zzzz")
+    assert missing.returncode == 2
+    down = cli({**server, "FAENA_SERVER": f"http://127.0.0.1:{free_port()}"}, tmp_path,
+               "status", "last")  # fmt: skip
+    assert down.returncode == 1 and "cannot reach" in down.stderr
+    assert "Traceback" not in bad.stderr + wrong.stderr + missing.stderr + down.stderr
