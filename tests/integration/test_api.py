@@ -162,3 +162,50 @@ async def test_one_job_runs_and_job_cancel(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/v1/jobs/nope.1")).status_code == 404
     bad = await client.post("/api/v1/jobs", content=b"[1, 2")
     assert bad.status_code == 422 and bad.json()["code"] == "ORC-VALID"
+
+
+async def read_sse(
+    client: httpx.AsyncClient,
+    params: dict[str, Any],
+    headers: dict[str, str],
+    until: str,
+    stop_after: int | None = None,
+) -> list[tuple[int, str]]:
+    """(id, subject) of each event, until ``until`` arrives or ``stop_after`` events."""
+    got: list[tuple[int, str]] = []
+    async with asyncio.timeout(30):
+        async with client.stream("GET", "/api/v1/events", params=params,
+                                 headers=headers) as r:  # fmt: skip
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            ident = None
+            async for line in r.aiter_lines():
+                if line.startswith("id: "):
+                    ident = int(line[4:])
+                elif line.startswith("event: ") and ident is not None:
+                    got.append((ident, line[7:]))
+                    if line[7:] == until or (stop_after and len(got) >= stop_after):
+                        return got
+    return got
+
+
+async def test_events_stream_resumes_with_last_event_id(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/v1/pipelines", content=PIPELINE)
+    run_id = r.json()["run_id"]
+    await wait_done(client, run_id)
+    everything = await read_sse(client, {"run": run_id}, {}, "ci.run.v1.completed")
+    subjects = [s for _, s in everything]
+    assert subjects[0] == "ci.run.v1.requested" and subjects[-1] == "ci.run.v1.completed"
+    ids = [i for i, _ in everything]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+    first = await read_sse(client, {"run": run_id}, {}, "", stop_after=3)
+    rest = await read_sse(client, {"run": run_id}, {"Last-Event-ID": str(first[-1][0])},
+                          "ci.run.v1.completed")  # fmt: skip
+    assert first + rest == everything  # nothing missed, nothing twice
+
+    job_events = len([s for s in subjects if s.startswith("ci.job.")])
+    jobs_only = await read_sse(
+        client, {"run": run_id, "subject": "ci.job.>"}, {}, "", stop_after=job_events
+    )
+    assert all(s.startswith("ci.job.") for _, s in jobs_only)

@@ -6,6 +6,7 @@ No ``from __future__ import annotations`` here: FastAPI reads the route annotati
 definition time, and they name dependencies built in this function's scope.
 """
 
+import asyncio
 import hashlib
 import json
 import time
@@ -15,11 +16,12 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from faena import __version__
 from faena.api import problems
 from faena.domain.errors import ErrorCode, FaenaError, NotFound
+from faena.domain.events import subject_matches
 from faena.orchestration.orchestrator import Orchestrator, run_of
 from faena.security.port import Authenticator, Authorizer, Principal
 from faena.spec import parse_pipeline
@@ -27,6 +29,8 @@ from faena.store.port import AmbiguousRef, Store
 
 IDEMPOTENCY_TTL = 24 * 3600.0
 MAX_BODY = 1 << 20
+SSE_POLL = 0.2  # the event log is polled; a bus wake-up can replace it later
+SSE_KEEPALIVE = 15.0
 
 
 class IdempotencyConflict(FaenaError):
@@ -228,6 +232,49 @@ def create_api(
         await job_row(job_id)
         await orchestrator.cancel_job(job_id, f"cancelled by {p.subject}")
         return {"job_id": job_id, "status": "cancelling"}
+
+    @api.get(
+        "/api/v1/events",
+        tags=["events"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def events(
+        request: Request,
+        _: Annotated[Principal, Depends(scope("job:read"))],
+        run: Annotated[str | None, Query(description="only this run's events")] = None,
+        subject: Annotated[str, Query(description="NATS-style filter, e.g. ci.job.>")] = "ci.>",
+        after: Annotated[int, Query(ge=0, description="start after this event id")] = 0,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events from the event log; reconnect with Last-Event-ID to resume."""
+        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+        run_id = await resolve(run) if run else None
+
+        async def stream() -> AsyncIterator[str]:
+            seq = start
+            idle = 0.0
+            while not await request.is_disconnected():
+                batch = await store.events_after(seq, limit=500)
+                for stored in batch:
+                    seq = stored.seq
+                    e = stored.event
+                    if run_id and e.correlation_id != run_id:
+                        continue
+                    if not subject_matches(subject, e.subject):
+                        continue
+                    yield f"id: {seq}\nevent: {e.subject}\ndata: {json.dumps(e.to_dict())}\n\n"
+                if batch:
+                    idle = 0.0
+                    continue
+                if idle >= SSE_KEEPALIVE:
+                    idle = 0.0
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(SSE_POLL)
+                idle += SSE_POLL
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
 
     return api
 
