@@ -209,3 +209,34 @@ async def test_events_stream_resumes_with_last_event_id(client: httpx.AsyncClien
         client, {"run": run_id, "subject": "ci.job.>"}, {}, "", stop_after=job_events
     )
     assert all(s.startswith("ci.job.") for _, s in jobs_only)
+
+
+async def test_retry_reruns_failed_jobs_as_a_new_attempt(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    flag = tmp_path / "fixed"
+    text = (
+        "jobs:\n"
+        "  build:\n    outputs: [v]\n"
+        "    steps: [{run: 'echo v=1 >> $FAENA_OUTPUT'}]\n"
+        "  test:\n    needs: build\n"
+        f"    steps: [{{run: 'test -e {flag}'}}]\n"
+        "  ship:\n    needs: [build, test]\n"
+        "    steps: [{run: 'test ${{ needs.build.outputs.v }} = 1'}]\n"
+    )
+    run_id = (await client.post("/api/v1/pipelines", content=text)).json()["run_id"]
+    first = await wait_done(client, run_id)
+    assert first["state"] == "FAILED"
+    nothing = await client.post(f"/api/v1/pipelines/{run_id}/retry")
+    assert nothing.status_code == 202  # test failed: it can be retried
+    await wait_done(client, run_id)
+    flag.write_text("ok")
+    retried = await client.post(f"/api/v1/pipelines/{run_id}/retry")
+    assert retried.status_code == 202, retried.text
+    done = await wait_done(client, run_id)
+    jobs = {j["name"]: j for j in done["jobs"]}
+    assert done["state"] == "SUCCEEDED"
+    assert jobs["build"]["attempt"] == 1  # kept, with its outputs
+    assert jobs["test"]["attempt"] == 3 and jobs["ship"]["state"] == "SUCCEEDED"
+    again = await client.post(f"/api/v1/pipelines/{run_id}/retry")
+    assert again.status_code == 409 and again.json()["code"] == "ORC-STATE"

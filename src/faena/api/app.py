@@ -176,6 +176,16 @@ def create_api(
         await orchestrator.cancel(run_id, f"cancelled by {p.subject}")
         return {"run_id": run_id, "status": "cancelling"}
 
+    @api.post("/api/v1/pipelines/{run_ref}/retry", status_code=202, tags=["pipelines"])
+    async def retry_run(
+        run_ref: str, _: Annotated[Principal, Depends(scope("job:retry"))]
+    ) -> dict[str, Any]:
+        """Run the failed and cancelled jobs again, with what depends on them, as a new
+        attempt of the same run; succeeded jobs keep their results (409 if none)."""
+        run_id = await resolve(run_ref)
+        jobs = await orchestrator.retry(run_id)
+        return {"run_id": run_id, "jobs": jobs, "status": "retrying"}
+
     async def job_row(job_id: str) -> dict[str, Any]:
         run = await store.get_run(run_of(job_id)) if "." in job_id else None
         for job in (run or {}).get("jobs", []):

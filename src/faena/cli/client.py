@@ -134,3 +134,14 @@ def cancel_command(ref: str, *, server: str | None, token: str | None) -> int:
         return exc.exit_code
     print(f"{answer.get('run_id') or answer.get('job_id')}: {answer['status']}")
     return 0
+
+
+def retry_command(ref: str, *, follow: bool, server: str | None, token: str | None) -> int:
+    api = Api(server, token)
+    try:
+        answer = api.call("POST", f"/api/v1/pipelines/{ref}/retry")
+        print(f"run {answer['run_id']}: retrying {len(answer['jobs'])} job(s)")
+        return _follow(api, answer["run_id"], False) if follow else 0
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code

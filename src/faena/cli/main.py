@@ -44,6 +44,7 @@ COMMANDS = {
     "submit": "Submit a pipeline to a faena server (FAENA_SERVER, FAENA_TOKEN).",
     "status": "Show a run on a faena server.",
     "cancel": "Cancel a run or a job on a faena server.",
+    "retry": "Re-run a finished run's failed and cancelled jobs on a faena server.",
 }
 
 
@@ -103,18 +104,19 @@ def command_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("-t", "--timestamps", action="store_true",
                        help="prefix each line with the time it was written")  # fmt: skip
         json_flag()
-    elif name in ("submit", "status", "cancel"):
+    elif name in ("submit", "status", "cancel", "retry"):
         if name == "submit":
             pipeline_file()
-            p.add_argument("-f", "--follow", action="store_true",
-                           help="follow the run until it ends")  # fmt: skip
         else:
             p.add_argument(
                 "ref",
                 metavar="RUN" if name == "status" else "RUN|JOB",
                 help="run id, unique prefix or 'last' (or a job id for cancel)",
             )
-        if name != "cancel":
+        if name in ("submit", "retry"):
+            p.add_argument("-f", "--follow", action="store_true",
+                           help="follow the run until it ends")  # fmt: skip
+        if name in ("submit", "status"):
             json_flag()
         p.add_argument(
             "--server",
@@ -155,7 +157,7 @@ def dispatch(args: argparse.Namespace) -> int:
         from faena.cli.inspect import logs_command
 
         return logs_command(args.run_id, args.job, args.json, timestamps=args.timestamps)
-    if args.command in ("submit", "status", "cancel"):
+    if args.command in ("submit", "status", "cancel", "retry"):
         from faena.cli import client
 
         if args.command == "submit":
@@ -164,6 +166,9 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.command == "status":
             return client.status_command(args.ref, json_out=args.json, server=args.server,
                                          token=args.token)  # fmt: skip
+        if args.command == "retry":
+            return client.retry_command(args.ref, follow=args.follow, server=args.server,
+                                        token=args.token)  # fmt: skip
         return client.cancel_command(args.ref, server=args.server, token=args.token)
     if args.command == "server":
         from faena.cli.server import server_command

@@ -43,6 +43,7 @@ CATALOGUE: dict[str, EventType] = {
         _t("ci.run.v1.failed", "RunFailed", "run_id result error_code", "run_id"),
         _t("ci.run.v1.cancelled", "RunCancelled", "run_id reason", "run_id"),
         _t("ci.run.v1.cancel_requested", "RunCancelRequested", "run_id reason", "run_id"),
+        _t("ci.run.v1.retry_requested", "RunRetryRequested", "run_id jobs", "run_id"),
         # Jobs.
         _t("ci.job.v1.requested", "JobRequested", "job_id spec_hash", "job_id"),
         _t("ci.job.v1.started", "JobStarted", "job_id worker_id", "job_id worker_id"),

@@ -302,7 +302,10 @@ def _revoke(job: JobRun, reason: str) -> Action:
 def _completion(run: PipelineRun) -> Action:
     failed = [j for j in run.jobs.values() if j.result == FAILURE and not j.continue_on_error]
     if run.cancel_requested:
-        return ("ci.run.v1.cancelled", {"run_id": run.run_id, "reason": run.cancel_reason or ""})
+        return (
+            "ci.run.v1.cancelled",
+            {"run_id": run.run_id, "reason": run.cancel_reason or "", "attempt": run.attempt},
+        )
     if failed:
         names = ", ".join(j.name for j in failed[:5])
         return (
@@ -312,11 +315,18 @@ def _completion(run: PipelineRun) -> Action:
                 "result": "failure",
                 "error_code": failed[0].error_code or "EXEC-FAILED",
                 "message": f"failed: {names}",
+                "attempt": run.attempt,
             },
         )
     cancelled = [j for j in run.jobs.values() if j.result == CANCELLED]
     if cancelled:
         # A job cancelled on its own (not by the run) still means the run did not finish.
         names = ", ".join(j.name for j in cancelled[:5])
-        return ("ci.run.v1.cancelled", {"run_id": run.run_id, "reason": f"cancelled: {names}"})
-    return ("ci.run.v1.completed", {"run_id": run.run_id, "result": "success"})
+        return (
+            "ci.run.v1.cancelled",
+            {"run_id": run.run_id, "reason": f"cancelled: {names}", "attempt": run.attempt},
+        )
+    return (
+        "ci.run.v1.completed",
+        {"run_id": run.run_id, "result": "success", "attempt": run.attempt},
+    )

@@ -115,6 +115,7 @@ class PipelineRun:
     message: str | None = None
     cancel_requested: bool = False
     cancel_reason: str | None = None
+    attempt: int = 1
     jobs: dict[str, JobRun] = field(default_factory=dict)
     # Dynamic-matrix jobs not yet expanded: spec key -> its needs.
     templates: dict[str, list[str]] = field(default_factory=dict)
@@ -189,6 +190,23 @@ class PipelineRun:
             group = self._groups.get(k)
             stack.extend(group[0].needs if group else self.templates.get(k, []))
         return seen
+
+    def retry_set(self) -> list[str]:
+        """Jobs a retry runs again: failed and cancelled ones and every job downstream of
+        them, except those that succeeded, which keep their results and outputs."""
+        roots = {j.group for j in self.jobs.values() if j.result in (FAILURE, CANCELLED)}
+        dependents: dict[str, set[str]] = {}
+        for j in self.jobs.values():
+            for need in j.needs:
+                dependents.setdefault(need, set()).add(j.group)
+        groups = set(roots)
+        stack = list(roots)
+        while stack:
+            for d in dependents.get(stack.pop(), ()):
+                if d not in groups:
+                    groups.add(d)
+                    stack.append(d)
+        return [j.job_id for j in self.jobs.values() if j.group in groups and j.result != SUCCESS]
 
     def is_finished(self) -> bool:
         return not self.templates and self._open == 0
@@ -298,6 +316,28 @@ def _run_cancel_requested(run: PipelineRun, p: dict[str, Any], ts: float) -> lis
     run.cancel_requested = True
     run.cancel_reason = p.get("reason")
     return []
+
+
+@_on("ci.run.v1.retry_requested")
+def _run_retry_requested(run: PipelineRun, p: dict[str, Any], ts: float) -> list[str]:
+    """A finished run goes again: the listed jobs wait anew, the others keep their results."""
+    check_run(f"run {run.run_id}", run.state, RunState.RUNNING)
+    run.state = RunState.RUNNING
+    run.finished_at = None
+    run.result = run.error_code = run.message = None
+    run.cancel_requested = False
+    run.cancel_reason = None
+    run.attempt = int(p.get("attempt", run.attempt + 1))
+    for job_id in p["jobs"]:
+        job = run.job(job_id)
+        _job_to(run, job, JobState.WAITING)
+        job.result = job.error_code = job.message = None
+        job.started_at = job.finished_at = None
+        job.assignment_id = job.node_id = job.worker_id = None
+        job.cancel_requested = False
+        job.outputs = {}
+        job.steps = job.fresh_steps()
+    return list(p["jobs"])
 
 
 @_on("ci.job.v1.expanded")

@@ -296,6 +296,25 @@ class Orchestrator:
 
         await self._call(command)
 
+    async def retry(self, run_id: str) -> list[str]:
+        """Run a finished run's failed and cancelled jobs again, with everything downstream,
+        as a new attempt of the same run; returns the job ids that will run again."""
+        self._runs.pop(run_id, None)  # the stored log is the truth for a finished run
+        h = await self._load(run_id)
+
+        def command(tx: _Tx) -> list[str]:
+            if not h.run.state.terminal:
+                raise RunFinished(f"run {run_id} is {h.run.state.value}: nothing to retry yet")
+            jobs = h.run.retry_set()
+            if not jobs:
+                raise RunFinished(f"run {run_id} has no failed or cancelled job to retry")
+            tx.emit(h, "ci.run.v1.retry_requested",
+                    {"run_id": run_id, "jobs": jobs, "attempt": h.run.attempt + 1})  # fmt: skip
+            tx.settle(h)
+            return jobs
+
+        return await self._call(command)
+
     async def cancel_job(self, job_id: str, reason: str = "cancelled by user") -> None:
         """Stop one job (dependents then skip, as after any cancelled need); idempotent."""
         h = await self._load(run_of(job_id))

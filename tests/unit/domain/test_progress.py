@@ -206,3 +206,26 @@ def test_names_wait_for_what_they_read() -> None:
     assert progress.display_name("t ${{ matrix.x }}", {"matrix": {"x": 1}}) == "t 1"
     raw = "echo ${{ needs.a.outputs.v }}"
     assert progress.display_name(raw, {"matrix": {}}) == raw
+
+
+def test_retry_reruns_failed_and_downstream_keeping_successes() -> None:
+    spec = spec_of(
+        {"a": [], "b": ["a"], "c": ["b"], "side": [], "report": ["b"]},
+        report={"if_": "always()"},
+    )
+    driver = Driver(spec, {"b": "failure"})
+    run = driver.drive()
+    assert run.state is RunState.FAILED
+    outputs_before = {j.key: j.attempt for j in run.jobs.values()}
+    driver.outcome["b"] = "success"
+    jobs = run.retry_set()
+    assert sorted(run.jobs[j].key for j in jobs) == ["b", "c"]  # report succeeded: kept
+    driver.emit("ci.run.v1.retry_requested", {"run_id": "r", "jobs": jobs, "attempt": 2})
+    run = driver.drive()
+    assert run.state is RunState.SUCCEEDED and run.attempt == 2
+    attempts = {j.key: j.attempt for j in run.jobs.values()}
+    assert attempts["a"] == outputs_before["a"] == 1  # not run again
+    assert attempts["side"] == 1
+    assert attempts["b"] == 2 and attempts["report"] == 1
+    assert attempts["c"] == 1  # skipped before, so its first real attempt
+    assert rebuild("r", driver.events).to_row() == run.to_row()
