@@ -240,3 +240,25 @@ async def test_retry_reruns_failed_jobs_as_a_new_attempt(
     assert jobs["test"]["attempt"] == 3 and jobs["ship"]["state"] == "SUCCEEDED"
     again = await client.post(f"/api/v1/pipelines/{run_id}/retry")
     assert again.status_code == 409 and again.json()["code"] == "ORC-STATE"
+
+
+async def test_retry_one_job(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    flag = tmp_path / "ok"
+    text = (
+        "jobs:\n"
+        f"  flaky:\n    steps: [{{run: 'test -e {flag}'}}]\n"
+        "  after:\n    needs: flaky\n    steps: [{run: 'true'}]\n"
+        "  other:\n    steps: [{run: 'true'}]\n"
+    )
+    run_id = (await client.post("/api/v1/pipelines", content=text)).json()["run_id"]
+    run = await wait_done(client, run_id)
+    ids = {j["name"]: j["job_id"] for j in run["jobs"]}
+    refused = await client.post(f"/api/v1/jobs/{ids['other']}/retry")
+    assert refused.status_code == 409
+    flag.write_text("")
+    r = await client.post(f"/api/v1/jobs/{ids['flaky']}/retry")
+    assert r.status_code == 202, r.text
+    assert sorted(r.json()["jobs"]) == sorted([ids["flaky"], ids["after"]])
+    done = await wait_done(client, run_id)
+    assert done["state"] == "SUCCEEDED"
+    assert {j["name"]: j["attempt"] for j in done["jobs"]} == {"flaky": 2, "after": 1, "other": 1}

@@ -227,6 +227,16 @@ def create_api(
         job_id = (run or {}).get("jobs", [{}])[0].get("job_id")
         return {**forwarded, "job_id": job_id}
 
+    @api.post("/api/v1/jobs/{job_id}/retry", status_code=202, tags=["jobs"])
+    async def retry_job(
+        job_id: str, _: Annotated[Principal, Depends(scope("job:retry"))]
+    ) -> dict[str, Any]:
+        """Run a failed or cancelled job again, with its unfinished dependents (409 if the
+        job did not fail); the run's other jobs are untouched."""
+        await job_row(job_id)
+        jobs = await orchestrator.retry_job(job_id)
+        return {"job_id": job_id, "jobs": jobs, "status": "retrying"}
+
     @api.get("/api/v1/jobs/{job_id}", tags=["jobs"])
     async def get_job(
         job_id: str, _: Annotated[Principal, Depends(scope("job:read"))]

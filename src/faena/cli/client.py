@@ -138,10 +138,13 @@ def cancel_command(ref: str, *, server: str | None, token: str | None) -> int:
 
 def retry_command(ref: str, *, follow: bool, server: str | None, token: str | None) -> int:
     api = Api(server, token)
+    is_job = "." in ref
+    path = f"/api/v1/jobs/{ref}/retry" if is_job else f"/api/v1/pipelines/{ref}/retry"
     try:
-        answer = api.call("POST", f"/api/v1/pipelines/{ref}/retry")
-        print(f"run {answer['run_id']}: retrying {len(answer['jobs'])} job(s)")
-        return _follow(api, answer["run_id"], False) if follow else 0
+        answer = api.call("POST", path)
+        run_id = ref.rsplit(".", 1)[0] if is_job else answer["run_id"]
+        print(f"run {run_id}: retrying {len(answer['jobs'])} job(s)")
+        return _follow(api, run_id, False) if follow else 0
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -194,7 +194,12 @@ class PipelineRun:
     def retry_set(self) -> list[str]:
         """Jobs a retry runs again: failed and cancelled ones and every job downstream of
         them, except those that succeeded, which keep their results and outputs."""
-        roots = {j.group for j in self.jobs.values() if j.result in (FAILURE, CANCELLED)}
+        return self.downstream_unfinished(
+            {j.group for j in self.jobs.values() if j.result in (FAILURE, CANCELLED)}
+        )
+
+    def downstream_unfinished(self, roots: set[str]) -> list[str]:
+        """Jobs of ``roots`` and of every group downstream of them that did not succeed."""
         dependents: dict[str, set[str]] = {}
         for j in self.jobs.values():
             for need in j.needs:
@@ -321,12 +326,13 @@ def _run_cancel_requested(run: PipelineRun, p: dict[str, Any], ts: float) -> lis
 @_on("ci.run.v1.retry_requested")
 def _run_retry_requested(run: PipelineRun, p: dict[str, Any], ts: float) -> list[str]:
     """A finished run goes again: the listed jobs wait anew, the others keep their results."""
-    check_run(f"run {run.run_id}", run.state, RunState.RUNNING)
-    run.state = RunState.RUNNING
-    run.finished_at = None
-    run.result = run.error_code = run.message = None
-    run.cancel_requested = False
-    run.cancel_reason = None
+    if run.state is not RunState.RUNNING:  # a job retry may come while the run still runs
+        check_run(f"run {run.run_id}", run.state, RunState.RUNNING)
+        run.state = RunState.RUNNING
+        run.finished_at = None
+        run.result = run.error_code = run.message = None
+        run.cancel_requested = False
+        run.cancel_reason = None
     run.attempt = int(p.get("attempt", run.attempt + 1))
     for job_id in p["jobs"]:
         job = run.job(job_id)

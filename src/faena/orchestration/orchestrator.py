@@ -315,6 +315,27 @@ class Orchestrator:
 
         return await self._call(command)
 
+    async def retry_job(self, job_id: str) -> list[str]:
+        """Run one failed or cancelled job again with its unfinished dependents, even while
+        the rest of the run goes on; returns the job ids that will run again."""
+        h = await self._load(run_of(job_id))
+
+        def command(tx: _Tx) -> list[str]:
+            job = h.run.job(job_id)
+            if job.result not in ("failure", "cancelled"):
+                raise RunFinished(f"job {job_id} is {job.state.value}: only a failed or "
+                                  "cancelled job can be retried")  # fmt: skip
+            jobs = [j for j in h.run.downstream_unfinished({job.group})
+                    if h.run.jobs[j].state.terminal]  # fmt: skip
+            if job.group != job.key:  # one matrix combination: not its siblings
+                jobs = [j for j in jobs if h.run.jobs[j].group != job.group or j == job_id]
+            payload = {"run_id": h.run.run_id, "jobs": jobs, "attempt": h.run.attempt + 1}
+            tx.emit(h, "ci.run.v1.retry_requested", payload)
+            tx.settle(h)
+            return jobs
+
+        return await self._call(command)
+
     async def cancel_job(self, job_id: str, reason: str = "cancelled by user") -> None:
         """Stop one job (dependents then skip, as after any cancelled need); idempotent."""
         h = await self._load(run_of(job_id))
