@@ -111,6 +111,20 @@ class App:
         await self.bus.close()
         await self.store.close()
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The nodes jobs can run on: in the embedded shape, this machine."""
+        return [
+            {
+                "node_id": NODE_ID,
+                "provider": self.provider.name,
+                "labels": [],
+                "capacity": {"slots": self.scheduler.slots},
+                "running": self.scheduler.running,
+                "queued": self.scheduler.queued,
+                "state": "ready",
+            }
+        ]
+
     async def resume(self, run_id: str) -> None:
         """Clean up after the dead process that ran ``run_id``, then carry on with it."""
         row = await self.store.get_run(run_id)
@@ -137,6 +151,7 @@ def build_server(settings: Settings, admin_token: str | None) -> tuple[Any, App,
         store=system.store,
         authenticator=TokenAuthenticator({digest: ADMIN}),
         authorizer=ScopeAuthorizer(),
+        nodes=system.nodes,
         lifespan=system.start,
         shutdown=system.close,
     )

@@ -262,3 +262,9 @@ async def test_retry_one_job(client: httpx.AsyncClient, tmp_path: Path) -> None:
     done = await wait_done(client, run_id)
     assert done["state"] == "SUCCEEDED"
     assert {j["name"]: j["attempt"] for j in done["jobs"]} == {"flaky": 2, "after": 1, "other": 1}
+
+
+async def test_nodes_lists_this_machine(client: httpx.AsyncClient) -> None:
+    nodes = (await client.get("/api/v1/nodes")).json()["items"]
+    assert [n["node_id"] for n in nodes] == ["local"]
+    assert nodes[0]["capacity"] == {"slots": 2} and nodes[0]["state"] == "ready"

@@ -43,6 +43,7 @@ def create_api(
     store: Store,
     authenticator: Authenticator,
     authorizer: Authorizer,
+    nodes: Callable[[], list[dict[str, Any]]] = list,
     lifespan: Callable[[], Coroutine[Any, Any, None]] | None = None,
     shutdown: Callable[[], Coroutine[Any, Any, None]] | None = None,
     max_body: int = MAX_BODY,
@@ -236,6 +237,11 @@ def create_api(
         await job_row(job_id)
         jobs = await orchestrator.retry_job(job_id)
         return {"job_id": job_id, "jobs": jobs, "status": "retrying"}
+
+    @api.get("/api/v1/nodes", tags=["nodes"])
+    async def list_nodes(_: Annotated[Principal, Depends(scope("node:read"))]) -> dict[str, Any]:
+        """The nodes that run jobs, with their capacity and load."""
+        return {"items": nodes()}
 
     @api.get("/api/v1/jobs/{job_id}", tags=["jobs"])
     async def get_job(
