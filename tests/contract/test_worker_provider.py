@@ -87,7 +87,7 @@ class LocalHarness:
 
     def live_processes(self, worker_id: str) -> list[int]:
         if not Path("/proc/self/environ").exists():
-            pytest.skip("needs /proc to find a worker's processes")
+            missing("needs /proc to find a worker's processes")
         return processes_with_env(f"FAENA_WORKER_ID={worker_id}")
 
     def workspace_exists(self, worker: Worker) -> bool:
@@ -203,9 +203,16 @@ async def stdout_of(provider: WorkerProvider, worker: Worker, script: str) -> li
     return sink.texts()
 
 
+def missing(what: str) -> None:
+    """Skip on a developer's machine; in CI (CI=true) a missing component is a failure."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI must provide this: {what}")
+    pytest.skip(what)
+
+
 def skip_if_missing_tool(result: ExecResult, tool: str) -> None:
     if result.exit_code == SKIP:
-        pytest.skip(f"the worker has no {tool}")
+        missing(f"the worker has no {tool}")
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -792,7 +799,7 @@ async def test_local_worker_info_and_private_temp_dir(local_root: Path) -> None:
 
 async def test_local_default_shell_is_bash_when_on_path(local_root: Path) -> None:
     if shutil.which("bash") is None:
-        pytest.skip("no bash")
+        missing("no bash")
     local = LocalProvider(local_root, kill_grace=KILL_GRACE)
     worker = await local_worker(local)
     try:
@@ -884,7 +891,7 @@ async def test_local_destroy_removes_read_only_directories(local_root: Path) -> 
 
 def test_kill_worker_processes_finds_processes_by_environment() -> None:
     if not Path("/proc/self/environ").exists():
-        pytest.skip("needs /proc")
+        missing("needs /proc")
     worker_id = new_id()
     env = {**os.environ, "FAENA_WORKER_ID": worker_id}
     process = subprocess.Popen(["sleep", "1000"], env=env, start_new_session=True)
@@ -900,7 +907,7 @@ def test_kill_worker_processes_finds_processes_by_environment() -> None:
 
 def test_kill_worker_processes_sigkills_after_grace() -> None:
     if not Path("/proc/self/environ").exists():
-        pytest.skip("needs /proc")
+        missing("needs /proc")
     worker_id = new_id()
     env = {**os.environ, "FAENA_WORKER_ID": worker_id}
     code = (
