@@ -20,7 +20,7 @@ from faena.domain import progress
 from faena.domain.assignment import Assignment, JobResult, StepResult
 from faena.domain.errors import ErrorCode, FaenaError, NotFound
 from faena.domain.events import DEFAULT_TENANT, Event, make_event, new_id
-from faena.domain.run import PipelineRun, rebuild
+from faena.domain.run import JobRun, PipelineRun, rebuild
 from faena.domain.spec import PipelineSpec
 from faena.domain.states import JobState
 from faena.orchestration.ports import CommittedEventPublisher
@@ -422,7 +422,27 @@ class Orchestrator:
 
     # -- agent reports (the control plane seen by agents) --------------------------------
 
-    def _fenced(self, job_id: str, assignment_id: str) -> tuple[_Handle, Any] | None:
+    async def _fenced_call(
+        self,
+        assignment_id: str,
+        job_id: str,
+        fn: Callable[[_Tx, _Handle, JobRun], T],
+        default: T,
+        *,
+        wait: bool = True,
+    ) -> T:
+        """Run an agent report against its job, or answer ``default`` when the report's
+        assignment is not the job's current one (fencing: a stale agent changes nothing)."""
+
+        def command(tx: _Tx) -> T:
+            found = self._fenced(job_id, assignment_id)
+            if found is None:
+                return default
+            return fn(tx, *found)
+
+        return await self._call(command, wait=wait)
+
+    def _fenced(self, job_id: str, assignment_id: str) -> tuple[_Handle, JobRun] | None:
         h = self._runs.get(run_of(job_id))
         if h is None:
             return None
@@ -435,11 +455,7 @@ class Orchestrator:
         """The agent takes the assignment; None if it was revoked or superseded."""
         await self._load(run_of(job_id))
 
-        def command(tx: _Tx) -> Assignment | None:
-            found = self._fenced(job_id, assignment_id)
-            if found is None:
-                return None
-            h, job = found
+        def command(tx: _Tx, h: _Handle, job: JobRun) -> Assignment | None:
             if job.state is JobState.SCHEDULED:
                 tx.emit(
                     h,
@@ -476,7 +492,7 @@ class Orchestrator:
                 tenant_id=h.run.tenant_id,
             )
 
-        return await self._call(command)
+        return await self._fenced_call(assignment_id, job_id, command, None)
 
     async def worker_created(
         self,
@@ -491,11 +507,7 @@ class Orchestrator:
         """Record the worker; ``wait=False`` queues the record behind the caller's next
         command, so both share a commit (the order of events is kept)."""
 
-        def command(tx: _Tx) -> None:
-            found = self._fenced(job_id, assignment_id)
-            if found is None:
-                return
-            h, _ = found
+        def command(tx: _Tx, h: _Handle, _job: JobRun) -> None:
             payload = {
                 "worker_id": worker_id,
                 "provider_id": provider,
@@ -505,7 +517,7 @@ class Orchestrator:
             if "ci.worker.v1.created:" + worker_id not in h.keys:
                 tx.emit(h, "ci.worker.v1.created", payload)
 
-        await self._call(command, wait=wait)
+        await self._fenced_call(assignment_id, job_id, command, None, wait=wait)
 
     async def worker_terminated(
         self,
@@ -516,11 +528,7 @@ class Orchestrator:
         *,
         wait: bool = True,
     ) -> None:
-        def command(tx: _Tx) -> None:
-            found = self._fenced(job_id, assignment_id)
-            if found is None:
-                return
-            h, _ = found
+        def command(tx: _Tx, h: _Handle, _job: JobRun) -> None:
             if "ci.worker.v1.terminated:" + worker_id not in h.keys:
                 tx.emit(
                     h,
@@ -528,18 +536,14 @@ class Orchestrator:
                     {"worker_id": worker_id, "exit_code": exit_code, "job_id": job_id},
                 )
 
-        await self._call(command, wait=wait)
+        await self._fenced_call(assignment_id, job_id, command, None, wait=wait)
 
     async def worker_failed(
         self, assignment_id: str, job_id: str, worker_id: str, message: str
     ) -> None:
         """The provider could not give a worker: re-queue without using the job's attempts."""
 
-        def command(tx: _Tx) -> None:
-            found = self._fenced(job_id, assignment_id)
-            if found is None:
-                return
-            h, job = found
+        def command(tx: _Tx, h: _Handle, job: JobRun) -> None:
             if job.state is not JobState.RUNNING:
                 return
             tx.emit(
@@ -568,18 +572,14 @@ class Orchestrator:
                 )
             tx.settle(h)
 
-        await self._call(command)
+        await self._fenced_call(assignment_id, job_id, command, None)
 
     async def step_started(
         self, assignment_id: str, job_id: str, index: int, attempt: int, *, wait: bool = True
     ) -> bool:
         """Record a step start; False tells the agent the job moved on without it."""
 
-        def command(tx: _Tx) -> bool:
-            found = self._fenced(job_id, assignment_id)
-            if found is None:
-                return False
-            h, job = found
+        def command(tx: _Tx, h: _Handle, job: JobRun) -> bool:
             if job.state is not JobState.RUNNING:
                 return False
             payload = {
@@ -595,7 +595,7 @@ class Orchestrator:
             # A cancelled job still runs its `if: cancelled()`/`always()` steps.
             return True
 
-        return await self._call(command, wait=wait)
+        return await self._fenced_call(assignment_id, job_id, command, False, wait=wait)
 
     async def step_finished(
         self,
@@ -607,11 +607,7 @@ class Orchestrator:
         *,
         wait: bool = True,
     ) -> None:
-        def command(tx: _Tx) -> None:
-            found = self._fenced(job_id, assignment_id)
-            if found is None:
-                return
-            h, job = found
+        def command(tx: _Tx, h: _Handle, job: JobRun) -> None:
             step_id = f"{job_id}.s{index}"
             if index >= len(job.steps) or job.steps[index].attempt != attempt:
                 return
@@ -642,14 +638,10 @@ class Orchestrator:
                 }
             tx.emit(h, subject, payload)
 
-        await self._call(command, wait=wait)
+        await self._fenced_call(assignment_id, job_id, command, None, wait=wait)
 
     async def step_skipped(self, assignment_id: str, job_id: str, index: int, reason: str) -> None:
-        def command(tx: _Tx) -> None:
-            found = self._fenced(job_id, assignment_id)
-            if found is None:
-                return
-            h, job = found
+        def command(tx: _Tx, h: _Handle, job: JobRun) -> None:
             if index >= len(job.steps) or job.steps[index].state.terminal:
                 return
             tx.emit(
@@ -664,16 +656,12 @@ class Orchestrator:
                 },
             )
 
-        await self._call(command)
+        await self._fenced_call(assignment_id, job_id, command, None)
 
     async def job_finished(self, assignment_id: str, job_id: str, result: JobResult) -> None:
         """The agent's final word on a job attempt; applies the job's retry policy."""
 
-        def command(tx: _Tx) -> None:
-            found = self._fenced(job_id, assignment_id)
-            if found is None:
-                return
-            h, job = found
+        def command(tx: _Tx, h: _Handle, job: JobRun) -> None:
             if job.state is not JobState.RUNNING:
                 return
             if result.outcome == "success":
@@ -730,7 +718,7 @@ class Orchestrator:
                     )
             tx.settle(h)
 
-        await self._call(command)
+        await self._fenced_call(assignment_id, job_id, command, None)
 
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:
