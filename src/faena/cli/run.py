@@ -16,19 +16,14 @@ from faena.settings import Settings
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _print_issues(exc: SpecValidationError, file: Path) -> None:
-    for issue in exc.issues:
-        print(f"{issue} [{issue.code}]", file=sys.stderr)
-    print(f"{len(exc.issues)} error(s) in {file}", file=sys.stderr)
-
-
 def run_command(file: Path, *, jobs: int | None, json_out: bool, keep_workspace: bool) -> int:
+    from faena.cli.validate import print_issues
     from faena.spec import load_pipeline
 
     try:
         spec = load_pipeline(file)
     except SpecValidationError as exc:
-        _print_issues(exc, file)
+        print_issues(exc, file)
         return EXIT_INVALID
     # Jobs find the pipeline's directory in FAENA_SOURCE_DIR, whatever the cwd.
     spec = replace(spec, source=str(file.resolve()))

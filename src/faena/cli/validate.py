@@ -17,15 +17,20 @@ def validate_command(file: Path, json_out: bool) -> int:
         if json_out:
             print(json.dumps({"valid": False, "errors": [_issue(i) for i in exc.issues]}))
         else:
-            for issue in exc.issues:
-                print(f"{issue} [{issue.code}]", file=sys.stderr)
-            print(f"{len(exc.issues)} error(s) in {file}", file=sys.stderr)
+            print_issues(exc, file)
         return 2
     if json_out:
         print(json.dumps({"valid": True, "pipeline": spec.name, "jobs": list(spec.jobs)}))
     else:
         print(f"{file}: pipeline '{spec.name}' is valid ({len(spec.jobs)} job(s))")
     return 0
+
+
+def print_issues(exc: SpecValidationError, file: Path) -> None:
+    """Every issue as `file:line:col path: message [CODE]` on stderr, then a count."""
+    for issue in exc.issues:
+        print(f"{issue} [{issue.code}]", file=sys.stderr)
+    print(f"{len(exc.issues)} error(s) in {file}", file=sys.stderr)
 
 
 def _issue(issue: object) -> dict[str, object]:
