@@ -9,14 +9,18 @@ from types import TracebackType
 from typing import Any
 
 from faena.agent.embedded import EmbeddedAgent
+from faena.agent.remote import AgentConfig, RemoteAgent
 from faena.agent.runner import JobRunner
 from faena.bus.memory import MemoryBus
 from faena.bus.relay import OutboxRelay
 from faena.domain.states import JobState
+from faena.orchestration.agent_gateway import AgentGateway
 from faena.orchestration.control_plane import InProcessControlPlane
+from faena.orchestration.dispatch import Dispatcher
 from faena.orchestration.logs import LogRecorder
 from faena.orchestration.orchestrator import Orchestrator
 from faena.scheduling.fifo import FifoScheduler
+from faena.scheduling.nodes import NodeRegistry
 from faena.settings import Settings, SettingsError
 from faena.store.port import Store
 from faena.store.sql import SqlStore
@@ -48,7 +52,8 @@ def open_store(settings: Settings) -> Store:
 
 
 class App:
-    """The embedded shape: SQL store, in-process bus, FIFO scheduler, local workers."""
+    """The system: SQL store, in-process bus, FIFO scheduler over the known nodes, and (with
+    ``local_agent``) this machine as a node running jobs through local workers."""
 
     def __init__(
         self,
@@ -56,6 +61,7 @@ class App:
         *,
         store: Store | None = None,
         provider: WorkerProvider | None = None,
+        local_agent: bool = True,
     ) -> None:
         self.settings = settings
         self.store: Store = store or open_store(settings)
@@ -63,14 +69,19 @@ class App:
         self.relay = OutboxRelay(self.store, self.bus)
         self.orchestrator = Orchestrator(self.store, self.relay, tenant=settings.tenant)
         self.logs = LogRecorder(self.store, self.bus)
-        self.scheduler = FifoScheduler(
-            self.bus, self.orchestrator, node_id=NODE_ID, slots=settings.jobs
+        self.scheduler = FifoScheduler(self.bus, self.orchestrator)
+        self.registry = NodeRegistry(
+            self.scheduler, self.orchestrator, self.bus, interval=settings.heartbeat_interval
         )
+        self.dispatcher = Dispatcher(self.bus, local=lambda node_id: node_id == NODE_ID)
+        self.registry.on_lost(self.dispatcher.forget)
+        self.gateway = AgentGateway(self.orchestrator, self.logs)
         self.local = LocalProvider(
             settings.workspaces, keep_workspace=settings.keep_workspace, base_env=step_env()
         )
         self.provider: WorkerProvider = provider or self.local
         self.runner = JobRunner(self.provider, InProcessControlPlane(self.orchestrator, self.logs))
+        self.local_agent = local_agent
         self.agent = EmbeddedAgent(self.bus, self.runner, node_id=NODE_ID)
 
     async def __aenter__(self) -> App:
@@ -95,15 +106,35 @@ class App:
         await self.logs.start()
         await self.orchestrator.start()
         await self.scheduler.start()
-        await self.agent.start()
+        await self.dispatcher.start()
+        if self.local_agent:
+            await self.registry.add_local(NODE_ID, self.settings.jobs, self.provider.name)
+            await self.agent.start()
+        await self.registry.start()
+
+    async def recover(self) -> None:
+        """Carry on the runs a stopped server left: jobs of its own node are re-queued,
+        jobs on agents wait for their agents (lost if they do not come back in time)."""
+        recovery = await self.orchestrator.recover({NODE_ID})
+        for placed in recovery.placed:
+            self.registry.expect(placed.node_id)
+            self.scheduler.restore(placed.job_id, placed.attempt, placed.node_id)
+            if placed.state is JobState.SCHEDULED:
+                self.dispatcher.post(placed.node_id, "assign", placed.assignment_id, placed.job_id)
+            if placed.cancel_requested:
+                self.dispatcher.post(placed.node_id, "revoke", placed.assignment_id, placed.job_id)
+        if recovery.requests:
+            await self.bus.publish(recovery.requests)
 
     async def close(self, *, force: bool = False) -> None:
         """Stop everything; running jobs are revoked and their workers destroyed.
         ``force`` kills their processes at once instead of after a grace period."""
         if force:
             self.local.hurry()
+        await self.registry.close()
         await self.agent.close()
         await self.local.close()
+        await self.dispatcher.close()
         await self.scheduler.close()
         await self.orchestrator.stop()
         await self.logs.close()
@@ -112,18 +143,8 @@ class App:
         await self.store.close()
 
     def nodes(self) -> list[dict[str, Any]]:
-        """The nodes jobs can run on: in the embedded shape, this machine."""
-        return [
-            {
-                "node_id": NODE_ID,
-                "provider": self.provider.name,
-                "labels": [],
-                "capacity": {"slots": self.scheduler.slots},
-                "running": self.scheduler.running,
-                "queued": self.scheduler.queued,
-                "state": "ready",
-            }
-        ]
+        """The nodes jobs can run on, with their capacity and load."""
+        return self.registry.listing()
 
     async def resume(self, run_id: str) -> None:
         """Clean up after the dead process that ran ``run_id``, then carry on with it."""
@@ -136,23 +157,60 @@ class App:
         await self.bus.publish(requested)
 
 
-def build_server(settings: Settings, admin_token: str | None) -> tuple[Any, App, str | None]:
-    """The control plane as an ASGI app around an embedded system (in-process agent).
+def build_agent(settings: Settings, config: AgentConfig, provider: str) -> RemoteAgent:
+    """A remote agent running jobs through the named provider."""
+    if provider != "local":
+        raise SettingsError(f"--provider {provider!r}: this version has the 'local' provider only")
+    local = LocalProvider(
+        settings.workspaces, keep_workspace=settings.keep_workspace, base_env=step_env()
+    )
+    return RemoteAgent(config, local)
+
+
+def build_server(
+    settings: Settings, admin_token: str | None, *, with_agent: bool = True
+) -> tuple[Any, App, str | None]:
+    """The control plane as an ASGI app; ``with_agent`` makes this machine a node too.
 
     Returns the app, the system, and the admin token when it was created just now.
     """
-    from faena.api.app import create_api
-    from faena.security.tokens import ADMIN, ScopeAuthorizer, TokenAuthenticator, admin_token_hash
+    from functools import partial
 
-    system = App(settings)
+    from faena.api.agents import agent_router
+    from faena.api.app import create_api
+    from faena.api.tokens import tokens_router
+    from faena.security.tokens import (
+        ADMIN,
+        ScopeAuthorizer,
+        StoredTokenAuthenticator,
+        TokenAuthenticator,
+        admin_token_hash,
+    )
+
+    system = App(settings, local_agent=with_agent)
     digest, created = admin_token_hash(settings.home, admin_token)
+    authenticator = StoredTokenAuthenticator(system.store, TokenAuthenticator({digest: ADMIN}))
+
+    async def start() -> None:
+        await system.start()
+        await system.recover()
+
     api = create_api(
         orchestrator=system.orchestrator,
         store=system.store,
-        authenticator=TokenAuthenticator({digest: ADMIN}),
+        authenticator=authenticator,
         authorizer=ScopeAuthorizer(),
         nodes=system.nodes,
-        lifespan=system.start,
+        lifespan=start,
         shutdown=system.close,
+        routers=[
+            partial(
+                agent_router,
+                gateway=system.gateway,
+                registry=system.registry,
+                dispatcher=system.dispatcher,
+            ),
+            partial(tokens_router, store=system.store, authenticator=authenticator),
+        ],
     )
     return api, system, created

@@ -32,6 +32,7 @@ class Settings:
     keep_workspace: bool = False
     database_url: str | None = None
     tenant: str = "default"
+    heartbeat_interval: float = 5.0
 
     @property
     def db_url(self) -> str:
@@ -59,6 +60,16 @@ class Settings:
             values["jobs"] = int(raw)
         if e.get("FAENA_KEEP_WORKSPACE"):
             values["keep_workspace"] = _bool(e["FAENA_KEEP_WORKSPACE"], "FAENA_KEEP_WORKSPACE")
+        if e.get("FAENA_HEARTBEAT_INTERVAL"):
+            raw = e["FAENA_HEARTBEAT_INTERVAL"]
+            try:
+                values["heartbeat_interval"] = float(raw)
+            except ValueError:
+                raise SettingsError(
+                    f"FAENA_HEARTBEAT_INTERVAL must be seconds, got {raw!r}"
+                ) from None
+            if not 0.05 <= float(raw) <= 3600:
+                raise SettingsError("FAENA_HEARTBEAT_INTERVAL must be between 0.05 and 3600")
         if e.get("FAENA_DATABASE_URL"):
             values["database_url"] = e["FAENA_DATABASE_URL"]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,7 +17,14 @@ from faena.domain.events import Event, make_event
 from faena.domain.run import PipelineRun, new_job
 from faena.domain.states import JobState, RunState
 from faena.store.memory import MemoryStore
-from faena.store.port import AmbiguousRef, Commit, LogLine, Store
+from faena.store.port import (
+    AmbiguousRef,
+    Commit,
+    IdempotencyRecord,
+    LogLine,
+    Store,
+    TokenRecord,
+)
 from faena.store.sql import SqlStore
 
 ADAPTERS = [
@@ -80,8 +88,21 @@ def job_row(run_id: str, job_id: str, state: str = "WAITING", attempt: int = 0) 
     return {"job_id": job_id, "run_id": run_id, "key": job_id, "state": state, "attempt": attempt}
 
 
-def log(run_id: str, job_id: str, text: str, step: int = 0) -> LogLine:
-    return LogLine(run_id, job_id, attempt=1, step_index=step, stream="stdout", ts=1.5, text=text)
+def log(run_id: str, job_id: str, text: str, step: int = 0, chunk: str | None = None) -> LogLine:
+    return LogLine(
+        run_id, job_id, attempt=1, step_index=step, stream="stdout", ts=1.5, text=text, chunk=chunk
+    )
+
+
+def idem(key: str, body_hash: str, created_at: float, tenant_id: str = "t1") -> IdempotencyRecord:
+    result = {"run_id": f"run-{body_hash}", "status": 201, "jobs": ["a", "b"]}
+    return IdempotencyRecord(tenant_id, key, body_hash, result, created_at)
+
+
+def token(token_id: str, created_at: float, kind: str = "user", **fields: Any) -> TokenRecord:
+    """A token with hash ``hash-<id>``; ``fields`` override any field."""
+    record = TokenRecord(token_id, f"hash-{token_id}", f"sub-{token_id}", ("runs:read",), kind=kind)
+    return dataclasses.replace(record, created_at=created_at, **fields)
 
 
 def json_copy(value: Any) -> Any:
@@ -357,6 +378,183 @@ async def test_logs_append_and_read(store: Store) -> None:
     assert await store.read_logs("nope") == []
 
 
+async def test_a_resent_log_chunk_is_not_stored_twice(store: Store) -> None:
+    # Several lines of one chunk in one call are all stored.
+    await store.append_logs([log("r", "j", "a", chunk="c1"), log("r", "j", "b", chunk="c1")])
+    await store.append_logs([log("r", "j", "a", chunk="c1"), log("r", "j", "b", chunk="c1")])
+    # One call mixing a re-sent chunk, a new one and lines without a chunk.
+    await store.append_logs(
+        [
+            log("r", "j", "a", chunk="c1"),
+            log("r", "j", "c", chunk="c2"),
+            log("r", "j", "free"),
+            log("r", "j", "b", chunk="c1"),
+            log("r", "j", "d", chunk="c2"),
+        ]
+    )
+    await store.append_logs([log("r", "j", "free")])  # no chunk: always stored
+    await store.append_logs([log("r", "j", "c", chunk="c2")])
+
+    lines = await store.read_logs("r")
+    assert [line.text for line in lines] == ["a", "b", "c", "free", "d", "free"]
+    assert all(line.chunk is None for line in lines)  # the key is not read back
+    # Chunk keys are per run: another run's chunk c1 is new.
+    await store.append_logs([log("other", "j", "x", chunk="c1")])
+    assert [line.text for line in await store.read_logs("other")] == ["x"]
+
+
+async def test_concurrent_resends_of_a_chunk_store_it_once(store: Store) -> None:
+    chunk = [log("r", "j", f"line {i}", chunk="c1") for i in range(3)]
+    await asyncio.gather(*(store.append_logs(list(chunk)) for _ in range(10)))
+    assert [line.text for line in await store.read_logs("r")] == ["line 0", "line 1", "line 2"]
+
+
+# -- API idempotency records -----------------------------------------------------------
+
+
+async def test_idempotency_first_writer_wins(store: Store) -> None:
+    first = idem("k1", "h1", created_at=100.0)
+    assert await store.remember_idempotency(first, not_before=50.0) == first
+    # Same key, other body: the stored record comes back, unchanged.
+    assert await store.remember_idempotency(idem("k1", "h2", 101.0), not_before=50.0) == first
+    assert await store.recall_idempotency("t1", "k1", not_before=50.0) == first
+
+    # Keys are per tenant.
+    other = idem("k1", "h3", 102.0, tenant_id="t2")
+    assert await store.remember_idempotency(other, not_before=50.0) == other
+    assert await store.recall_idempotency("t2", "k1", not_before=50.0) == other
+    assert await store.recall_idempotency("t1", "k2", not_before=50.0) is None
+    assert await store.recall_idempotency("t3", "k1", not_before=0.0) is None
+
+
+async def test_idempotency_results_are_copies(store: Store) -> None:
+    record = idem("k1", "h1", created_at=100.0)
+    stored = await store.remember_idempotency(record, not_before=0.0)
+    record.result["status"] = 500
+    stored.result["jobs"].append("mutated")
+    recalled = await store.recall_idempotency("t1", "k1", not_before=0.0)
+    assert recalled is not None
+    assert recalled.result == {"run_id": "run-h1", "status": 201, "jobs": ["a", "b"]}
+
+
+async def test_an_expired_idempotency_record_is_replaced(store: Store) -> None:
+    old = idem("k1", "h1", created_at=100.0)
+    await store.remember_idempotency(old, not_before=0.0)
+    assert await store.recall_idempotency("t1", "k1", not_before=100.0) == old  # inclusive
+    assert await store.recall_idempotency("t1", "k1", not_before=100.5) is None
+
+    new = idem("k1", "h2", created_at=300.0)
+    assert await store.remember_idempotency(new, not_before=200.0) == new
+    assert await store.recall_idempotency("t1", "k1", not_before=200.0) == new
+    # ... and the new one is live again: first writer wins from here.
+    assert await store.remember_idempotency(idem("k1", "h3", 301.0), not_before=200.0) == new
+
+
+async def test_purge_idempotency_deletes_records_older_than(store: Store) -> None:
+    for i, created_at in enumerate((10.0, 20.0, 30.0)):
+        await store.remember_idempotency(idem(f"k{i}", "h", created_at), not_before=0.0)
+
+    assert await store.purge_idempotency(older_than=25.0) == 2
+    assert await store.purge_idempotency(older_than=25.0) == 0
+    assert await store.recall_idempotency("t1", "k0", not_before=0.0) is None
+    assert await store.recall_idempotency("t1", "k1", not_before=0.0) is None
+    assert await store.recall_idempotency("t1", "k2", not_before=0.0) == idem("k2", "h", 30.0)
+    # A purged key can be used again.
+    again = idem("k0", "h9", 40.0)
+    assert await store.remember_idempotency(again, not_before=25.0) == again
+
+
+async def test_concurrent_remember_idempotency_has_one_winner(store: Store) -> None:
+    candidates = [idem("k1", f"h{i}", created_at=100.0 + i) for i in range(20)]
+    got = await asyncio.gather(
+        *(store.remember_idempotency(c, not_before=50.0) for c in candidates)
+    )
+    assert got[0] in candidates
+    assert all(g == got[0] for g in got)
+    assert await store.recall_idempotency("t1", "k1", not_before=50.0) == got[0]
+
+
+async def test_concurrent_remember_idempotency_over_an_expired_record(store: Store) -> None:
+    await store.remember_idempotency(idem("k1", "old", created_at=10.0), not_before=0.0)
+    candidates = [idem("k1", f"h{i}", created_at=100.0) for i in range(20)]
+    got = await asyncio.gather(
+        *(store.remember_idempotency(c, not_before=50.0) for c in candidates)
+    )
+    assert got[0] in candidates
+    assert all(g == got[0] for g in got)
+
+
+# -- API tokens ------------------------------------------------------------------------
+
+
+async def test_put_token_and_find_it_by_hash(store: Store) -> None:
+    full = TokenRecord(
+        "tok-agent",
+        "hash-agent",
+        "node-7",
+        ("agent:poll", "agent:report"),
+        tenant_id="acme",
+        kind="agent",
+        node_id="node-7",
+        created_at=10.0,
+        expires_at=1000.0,
+    )
+    plain = TokenRecord("tok-user", "hash-user", "alice", ())
+    await store.put_token(full)
+    await store.put_token(plain)
+
+    assert await store.token_by_hash("hash-agent") == full
+    got = await store.token_by_hash("hash-user")
+    assert got == plain
+    assert got is not None and got.scopes == () and got.tenant_id == "default"
+    assert got.kind == "user" and got.node_id is None and got.revoked_at is None
+    assert await store.token_by_hash("tok-agent") is None  # by hash, not by id
+    assert await store.token_by_hash("unknown") is None
+
+
+async def test_put_token_replaces_by_token_id(store: Store) -> None:
+    await store.put_token(token("t1", 1.0))
+    rotated = token("t1", 1.0, token_hash="hash-new", scopes=("runs:write",))
+    await store.put_token(rotated)
+
+    assert await store.token_by_hash("hash-t1") is None
+    assert await store.token_by_hash("hash-new") == rotated
+    assert await store.list_tokens() == [rotated]
+
+
+async def test_two_tokens_cannot_share_a_hash(store: Store) -> None:
+    await store.put_token(token("t1", 1.0))
+    with pytest.raises((sa_exc.IntegrityError, ValueError)):
+        await store.put_token(token("t2", 2.0, token_hash="hash-t1"))
+    assert await store.token_by_hash("hash-t1") == token("t1", 1.0)
+    assert [t.token_id for t in await store.list_tokens()] == ["t1"]
+
+
+async def test_list_tokens_oldest_first_with_kind_filter(store: Store) -> None:
+    kinds = {"b": ("user", 3.0), "a": ("admin", 1.0), "c": ("agent", 2.0), "d": ("user", 0.5)}
+    for token_id, (kind, created_at) in kinds.items():
+        await store.put_token(token(token_id, created_at, kind=kind))
+
+    assert [t.token_id for t in await store.list_tokens()] == ["d", "a", "c", "b"]
+    assert [t.token_id for t in await store.list_tokens(kind="user")] == ["d", "b"]
+    assert await store.list_tokens(kind="agent") == [token("c", 2.0, kind="agent")]
+    assert await store.list_tokens(kind="registration") == []
+
+
+async def test_revoke_token_is_idempotent(store: Store) -> None:
+    await store.put_token(token("t1", 1.0))
+    await store.put_token(token("t2", 2.0))
+
+    assert await store.revoke_token("unknown", at=5.0) is False
+    assert await store.revoke_token("t1", at=5.0) is True
+    assert await store.revoke_token("t1", at=9.0) is True  # again: the first time stays
+
+    revoked = await store.token_by_hash("hash-t1")
+    assert revoked == token("t1", 1.0, revoked_at=5.0)
+    assert await store.token_by_hash("hash-t2") == token("t2", 2.0)  # others untouched
+    assert [t.revoked_at for t in await store.list_tokens()] == [5.0, None]
+
+
 # -- transactions ----------------------------------------------------------------------
 
 
@@ -551,6 +749,33 @@ async def test_reopened_store_finds_everything(make_store: StoreFactory) -> None
         assert [s.seq for s in await second.events_after(0)] == [1, 2, 3]
         ids = [line.id for line in await second.read_logs("r")]
         assert ids[1] > ids[0]
+    finally:
+        await second.close()
+
+
+@pytest.mark.parametrize("adapter", DURABLE, indirect=True)
+async def test_reopened_store_keeps_idempotency_tokens_and_chunk_keys(
+    make_store: StoreFactory,
+) -> None:
+    record = idem("k1", "h1", created_at=100.0)
+    first = make_store()
+    await first.open()
+    await first.remember_idempotency(record, not_before=0.0)
+    await first.put_token(token("t1", 1.0))
+    await first.revoke_token("t1", at=2.0)
+    await first.append_logs([log("r", "j", "a", chunk="c1")])
+    await first.close()
+
+    second = make_store()
+    await second.open()
+    try:
+        assert await second.recall_idempotency("t1", "k1", not_before=50.0) == record
+        assert await second.remember_idempotency(idem("k1", "h2", 101.0), not_before=50.0) == (
+            record
+        )
+        assert await second.token_by_hash("hash-t1") == token("t1", 1.0, revoked_at=2.0)
+        await second.append_logs([log("r", "j", "a", chunk="c1")])  # re-sent after a restart
+        assert [line.text for line in await second.read_logs("r")] == ["a"]
     finally:
         await second.close()
 

@@ -29,7 +29,7 @@ def server(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAENA_")}
     env["FAENA_HOME"] = str(tmp_path / "server-home")
     proc = subprocess.Popen(
-        [*FAENA_CMD, "server", "--port", str(port), "--admin-token", TOKEN],
+        [*FAENA_CMD, "server", "--with-agent", "--port", str(port), "--admin-token", TOKEN],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip

@@ -119,6 +119,11 @@ class JobRunner:
         self._log_interval = log_interval
         self._live: dict[str, _Live] = {}
 
+    @property
+    def running(self) -> list[str]:
+        """Assignment ids of the job attempts running here."""
+        return list(self._live)
+
     async def revoke(self, assignment_id: str) -> None:
         """Stop the job attempt of this assignment, if it runs here."""
         live = self._live.get(assignment_id)

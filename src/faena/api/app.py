@@ -10,12 +10,12 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from faena import __version__
@@ -25,7 +25,7 @@ from faena.domain.events import subject_matches
 from faena.orchestration.orchestrator import Orchestrator, run_of
 from faena.security.port import Authenticator, Authorizer, Principal
 from faena.spec import parse_pipeline
-from faena.store.port import AmbiguousRef, Store
+from faena.store.port import AmbiguousRef, IdempotencyRecord, Store
 
 IDEMPOTENCY_TTL = 24 * 3600.0
 MAX_BODY = 1 << 20
@@ -47,8 +47,11 @@ def create_api(
     lifespan: Callable[[], Coroutine[Any, Any, None]] | None = None,
     shutdown: Callable[[], Coroutine[Any, Any, None]] | None = None,
     max_body: int = MAX_BODY,
+    routers: Sequence[Callable[..., APIRouter]] = (),
 ) -> FastAPI:
-    """The ASGI app; ``lifespan``/``shutdown`` start and stop the system around it."""
+    """The ASGI app; ``lifespan``/``shutdown`` start and stop the system around it.
+    ``routers`` add the routes of other contexts: each is called with ``require=``, the
+    factory of auth dependencies (``Depends(require("job:read"))``)."""
 
     @asynccontextmanager
     async def run(_: FastAPI) -> AsyncIterator[None]:
@@ -62,14 +65,14 @@ def create_api(
 
     api = FastAPI(title="faena", version=__version__, lifespan=run)
     problems.install(api)
-    # key -> (body sha256, run id, when); kept in memory for now (a restart forgets them).
-    seen_keys: dict[str, tuple[str, str, float]] = {}
+    # One submission per Idempotency-Key at a time in this process; the store keeps the keys.
+    key_locks: dict[str, asyncio.Lock] = {}
 
-    def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+    async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
         token = None
         if authorization and authorization.lower().startswith("bearer "):
             token = authorization[7:].strip()
-        return authenticator.authenticate(token)
+        return await authenticator.authenticate(token)
 
     def scope(name: str) -> Callable[[Principal], Principal]:
         def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -128,14 +131,34 @@ def create_api(
     async def submit_body(
         body: bytes, idempotency_key: str | None, filename: str, p: Principal
     ) -> dict[str, Any]:
+        if not idempotency_key:
+            return await create_run(body, filename, p)
+        if len(idempotency_key) > 255:
+            raise FaenaError("Idempotency-Key is longer than 255", code=ErrorCode.ORC_VALID)
         digest = hashlib.sha256(body).hexdigest()
-        now = time.time()
-        if idempotency_key:
-            earlier = seen_keys.get(idempotency_key)
-            if earlier and now - earlier[2] < IDEMPOTENCY_TTL:
-                if earlier[0] != digest:
+        lock = key_locks.setdefault(idempotency_key, asyncio.Lock())
+        try:
+            async with lock:
+                now = time.time()
+                earlier = await store.recall_idempotency(
+                    p.tenant_id, idempotency_key, now - IDEMPOTENCY_TTL
+                )
+                if earlier is None:
+                    result = await create_run(body, filename, p)
+                    earlier = await store.remember_idempotency(
+                        IdempotencyRecord(p.tenant_id, idempotency_key, digest, result, now),
+                        now - IDEMPOTENCY_TTL,
+                    )
+                    if earlier.result.get("run_id") == result["run_id"]:
+                        return result
+                if earlier.body_hash != digest:
                     raise IdempotencyConflict("Idempotency-Key was used with a different body")
-                return {"run_id": earlier[1], "created": False}
+                return {**earlier.result, "created": False}
+        finally:
+            if not lock.locked():
+                key_locks.pop(idempotency_key, None)
+
+    async def create_run(body: bytes, filename: str, p: Principal) -> dict[str, Any]:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -143,8 +166,6 @@ def create_api(
         spec = parse_pipeline(text, filename=filename)
         spec = replace(spec, source="")  # no local checkout behind an API submission
         run_id = await orchestrator.submit(spec, options={"submitted_by": p.subject})
-        if idempotency_key:
-            seen_keys[idempotency_key] = (digest, run_id, now)
         return {"run_id": run_id, "created": True}
 
     @api.get("/api/v1/pipelines", tags=["pipelines"])
@@ -302,6 +323,8 @@ def create_api(
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})  # fmt: skip
 
+    for make in routers:
+        api.include_router(make(require=scope))
     return api
 
 

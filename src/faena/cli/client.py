@@ -148,3 +148,71 @@ def retry_command(ref: str, *, follow: bool, server: str | None, token: str | No
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def nodes_command(*, json_out: bool, server: str | None, token: str | None) -> int:
+    try:
+        items = Api(server, token).call("GET", "/api/v1/nodes")["items"]
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if json_out:
+        print(json.dumps(items, indent=2))
+        return 0
+    if not items:
+        print("no nodes (start one: faena agent --server URL --token T)")
+        return 0
+    print(f"{'NODE':<16}{'NAME':<20}{'STATE':<12}{'RUNNING':<9}{'SLOTS':<7}LABELS")
+    for n in items:
+        slots = n.get("capacity", {}).get("slots", "")
+        print(f"{n['node_id']:<16}{n.get('name', ''):<20}{n['state']:<12}"
+              f"{n.get('running', 0):<9}{slots!s:<7}{','.join(n.get('labels', []))}")  # fmt: skip
+    return 0
+
+
+def token_command(
+    action: str,
+    name: str | None,
+    *,
+    agent: bool,
+    scopes: list[str],
+    ttl_days: float | None,
+    json_out: bool,
+    server: str | None,
+    token: str | None,
+) -> int:
+    try:
+        api = Api(server, token)
+        if action == "create":
+            if not name:
+                raise ClientError("faena token create NAME: the token needs a name", 2)
+            body: dict[str, Any] = {"name": name, "kind": "agent" if agent else "user",
+                                    "scopes": scopes}  # fmt: skip
+            if ttl_days is not None:
+                body["ttl_days"] = ttl_days
+            made = api.call("POST", "/api/v1/tokens", json=body)
+            if json_out:
+                print(json.dumps(made))
+            else:
+                print(f"token {made['token_id']} ({made['kind']}; {', '.join(made['scopes'])}), "
+                      "shown once:", file=sys.stderr)  # fmt: skip
+                print(made["token"])
+            return 0
+        if action == "revoke":
+            if not name:
+                raise ClientError("faena token revoke ID: which token?", 2)
+            api.call("DELETE", f"/api/v1/tokens/{name}")
+            print(f"token {name} revoked")
+            return 0
+        items = api.call("GET", "/api/v1/tokens")["items"]
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if json_out:
+        print(json.dumps(items, indent=2))
+        return 0
+    print(f"{'ID':<16}{'NAME':<20}{'KIND':<8}{'STATE':<9}SCOPES")
+    for t in items:
+        state = "revoked" if t.get("revoked_at") else "active"
+        print(f"{t['token_id']:<16}{t['name']:<20}{t['kind']:<8}{state:<9}{','.join(t['scopes'])}")
+    return 0

@@ -40,7 +40,10 @@ COMMANDS = {
     "resume": "Continue a run whose process died; finished jobs stay done.",
     "runs": "List recent runs, newest first.",
     "logs": "Print the output of a run, or of one of its jobs.",
-    "server": "Serve the HTTP API (with an in-process agent running the jobs).",
+    "server": "Serve the HTTP API; --with-agent also runs jobs on this machine.",
+    "agent": "Make this machine a node of a faena server (runs its jobs).",
+    "nodes": "List the nodes of a faena server, with their load.",
+    "token": "Create, list or revoke API and agent tokens on a faena server.",
     "submit": "Submit a pipeline to a faena server (FAENA_SERVER, FAENA_TOKEN).",
     "status": "Show a run on a faena server.",
     "cancel": "Cancel a run or a job on a faena server.",
@@ -75,6 +78,14 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     def pipeline_file() -> None:
         p.add_argument("file", nargs="?", type=Path, default=Path("faena.yml"),
                        help="pipeline file (default: faena.yml)")  # fmt: skip
+
+    def server_flags() -> None:
+        p.add_argument(
+            "--server",
+            default=None,
+            help="server URL (env FAENA_SERVER; default http://127.0.0.1:8080)",
+        )
+        p.add_argument("--token", default=None, help="bearer token (env FAENA_TOKEN)")
 
     def jobs_flag() -> None:
         p.add_argument("-j", "--jobs", type=_positive, default=None,
@@ -118,18 +129,45 @@ def command_parser(name: str) -> argparse.ArgumentParser:
                            help="follow the run until it ends")  # fmt: skip
         if name in ("submit", "status"):
             json_flag()
+        server_flags()
+    elif name == "nodes":
+        json_flag()
+        server_flags()
+    elif name == "token":
+        p.add_argument("action", choices=["create", "list", "revoke"])
+        p.add_argument("name", nargs="?", metavar="NAME|ID",
+                       help="create: the token's name; revoke: its id")  # fmt: skip
+        p.add_argument("--agent", action="store_true",
+                       help="create an agent token (may only register a node)")  # fmt: skip
+        p.add_argument("--scope", action="append", default=[], metavar="SCOPE",
+                       help="create: a scope to grant, e.g. job:create (repeat)")  # fmt: skip
+        p.add_argument("--ttl-days", type=float, default=None, help="create: expiry in days")
+        json_flag()
+        server_flags()
+    elif name == "agent":
+        server_flags()
+        p.add_argument("--name", default=None, help="node name (default: the host name)")
         p.add_argument(
-            "--server",
+            "--labels",
             default=None,
-            help="server URL (env FAENA_SERVER; default http://127.0.0.1:8080)",
+            help="extra labels, comma-separated (os, arch, provider are added)",
         )
-        p.add_argument("--token", default=None, help="bearer token (env FAENA_TOKEN)")
+        p.add_argument(
+            "--capacity",
+            default=None,
+            help="what the node offers, e.g. cpu=2,memory=4Gi (cpu sets slots)",
+        )
+        p.add_argument("--provider", default="local", choices=["local"],
+                       help="where jobs run (default local)")  # fmt: skip
+        jobs_flag()
     elif name == "server":
         p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
         p.add_argument("--port", type=_positive, default=8080, help="port (default 8080)")
         p.add_argument("--admin-token", default=None,
                        help="admin token (env FAENA_ADMIN_TOKEN; default: created at first "
                             "start and printed once)")  # fmt: skip
+        p.add_argument("--with-agent", action="store_true",
+                       help="also run jobs on this machine (one command, one machine)")  # fmt: skip
         jobs_flag()
     return p
 
@@ -173,7 +211,25 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "server":
         from faena.cli.server import server_command
 
-        return server_command(args.host, args.port, args.admin_token, args.jobs)
+        return server_command(args.host, args.port, args.admin_token, args.jobs,
+                              with_agent=args.with_agent)  # fmt: skip
+    if args.command == "agent":
+        from faena.cli.agent import agent_command
+
+        return agent_command(server=args.server, token=args.token, name=args.name,
+                             labels=args.labels, capacity=args.capacity,
+                             provider=args.provider, jobs=args.jobs)  # fmt: skip
+    if args.command == "nodes":
+        from faena.cli import client
+
+        return client.nodes_command(json_out=args.json, server=args.server, token=args.token)
+    if args.command == "token":
+        from faena.cli import client
+
+        return client.token_command(args.action, args.name, agent=args.agent,
+                                    scopes=args.scope, ttl_days=args.ttl_days,
+                                    json_out=args.json, server=args.server,
+                                    token=args.token)  # fmt: skip
     raise AssertionError(args.command)
 
 

@@ -1,4 +1,4 @@
-"""``faena server``: the control plane over HTTP, with an in-process agent."""
+"""``faena server``: the control plane over HTTP, optionally with an in-process agent."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import sys
 from faena.settings import Settings
 
 
-def server_command(host: str, port: int, admin_token: str | None, jobs: int | None) -> int:
+def server_command(
+    host: str, port: int, admin_token: str | None, jobs: int | None, *, with_agent: bool
+) -> int:
     import uvicorn
 
     from faena.app import build_server
 
     settings = Settings.from_env(jobs=jobs)
     token = admin_token or os.environ.get("FAENA_ADMIN_TOKEN") or None
-    api, _, created = build_server(settings, token)
+    api, _, created = build_server(settings, token, with_agent=with_agent)
     if created:
         print(
             f"admin token (shown once; stored hashed in {settings.home}/admin-token.sha256):\n"
@@ -27,6 +29,10 @@ def server_command(host: str, port: int, admin_token: str | None, jobs: int | No
     config = uvicorn.Config(api, host=host, port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     print(f"faena server listening on http://{host}:{port} (API under /api/v1)", file=sys.stderr)
+    if with_agent:
+        print(f"this machine runs jobs too ({settings.jobs} at once)", file=sys.stderr)
+    else:
+        print("jobs run on agents: faena agent --server URL --token T", file=sys.stderr)
     try:
         asyncio.run(server.serve())
     except KeyboardInterrupt:

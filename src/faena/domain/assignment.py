@@ -6,10 +6,10 @@ shapes are the JSON bodies of the agent protocol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from faena.domain.spec import JobSpec
+from faena.domain.spec import JobSpec, job_from_dict
 
 JobOutcome = Literal["success", "failure", "cancelled"]
 StepOutcome = Literal["success", "failure", "cancelled"]
@@ -53,3 +53,24 @@ class JobResult:
     error_code: str | None = None
     message: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+
+
+def assignment_to_dict(a: Assignment) -> dict[str, Any]:
+    """The JSON body an agent receives for an accepted assignment."""
+    return asdict(a)
+
+
+def assignment_from_dict(data: dict[str, Any]) -> Assignment:
+    names = {f.name for f in fields(Assignment)}
+    known = {k: v for k, v in data.items() if k in names}
+    return Assignment(**{**known, "job": job_from_dict(data["job"])})
+
+
+def step_result_from_dict(data: dict[str, Any]) -> StepResult:
+    names = {f.name for f in fields(StepResult)}
+    return StepResult(**{k: v for k, v in data.items() if k in names})
+
+
+def job_result_from_dict(data: dict[str, Any]) -> JobResult:
+    names = {f.name for f in fields(JobResult)}
+    return JobResult(**{k: v for k, v in data.items() if k in names})

@@ -285,17 +285,23 @@ def _cancellations(run: PipelineRun, spec: PipelineSpec) -> list[Action]:
         if j.state in (JobState.WAITING, JobState.PENDING):
             actions.append(_cancel_action(j, reason))
         elif j.state is JobState.SCHEDULED:
-            actions.append(_revoke(j, reason))
+            actions.append(revoke_action(j, reason))
             actions.append(_cancel_action(j, reason))
         elif j.state is JobState.RUNNING and not j.cancel_requested:
-            actions.append(_revoke(j, reason))
+            actions.append(revoke_action(j, reason))
     return actions
 
 
-def _revoke(job: JobRun, reason: str) -> Action:
+def revoke_action(job: JobRun, reason: str) -> Action:
+    """Take a placed job back from its node (cancel, fail-fast)."""
     return (
         "ci.assignment.v1.revoked",
-        {"assignment_id": job.assignment_id, "job_id": job.job_id, "reason": reason},
+        {
+            "assignment_id": job.assignment_id,
+            "job_id": job.job_id,
+            "node_id": job.node_id,
+            "reason": reason,
+        },
     )
 
 

@@ -119,7 +119,7 @@ class PipelineSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineSpec:
-        jobs = {k: _job_from_dict(v) for k, v in data["jobs"].items()}
+        jobs = {k: job_from_dict(v) for k, v in data["jobs"].items()}
         return cls(**{**_known(cls, data), "jobs": jobs})
 
     def spec_hash(self) -> str:
@@ -133,7 +133,8 @@ def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in names}
 
 
-def _job_from_dict(data: dict[str, Any]) -> JobSpec:
+def job_from_dict(data: dict[str, Any]) -> JobSpec:
+    """A JobSpec from its ``asdict`` form (as it travels to a remote agent)."""
     steps = [
         StepSpec(**{**_known(StepSpec, s), "retry": RetryPolicy(**s.get("retry") or {})})
         for s in data["steps"]

@@ -29,12 +29,20 @@ class LogRecorder:
         self._periodic.start()
 
     async def record(
-        self, run_id: str, job_id: str, attempt: int, index: int, lines: Sequence[OutputLine]
+        self,
+        run_id: str,
+        job_id: str,
+        attempt: int,
+        index: int,
+        lines: Sequence[OutputLine],
+        chunk: str | None = None,
     ) -> None:
+        """Keep lines for the next flush; a ``chunk`` key already stored is not stored twice."""
         if not lines:
             return
         self._pending.extend(
-            LogLine(run_id, job_id, attempt, index, ln.stream, ln.ts, ln.text) for ln in lines
+            LogLine(run_id, job_id, attempt, index, ln.stream, ln.ts, ln.text, chunk=chunk)
+            for ln in lines
         )
         key = (job_id, attempt, index)
         seq = self._seq.get(key, 0) + 1

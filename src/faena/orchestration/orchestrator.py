@@ -22,7 +22,7 @@ from faena.domain.errors import ErrorCode, FaenaError, NotFound
 from faena.domain.events import DEFAULT_TENANT, Event, make_event, new_id
 from faena.domain.run import JobRun, PipelineRun, rebuild
 from faena.domain.spec import PipelineSpec
-from faena.domain.states import JobState
+from faena.domain.states import JobState, RunState
 from faena.orchestration.ports import CommittedEventPublisher
 from faena.store.port import Commit, Store
 
@@ -34,6 +34,26 @@ MAX_INFRA_RETRIES = 3
 
 class RunFinished(FaenaError):
     code = ErrorCode.ORC_STATE
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A job a recovered run has on a node (SCHEDULED or RUNNING)."""
+
+    job_id: str
+    attempt: int
+    node_id: str
+    assignment_id: str
+    state: JobState
+    cancel_requested: bool
+
+
+@dataclass
+class Recovery:
+    """What a server needs to carry on its unfinished runs after a restart."""
+
+    requests: list[Event] = field(default_factory=list)
+    placed: list[Placed] = field(default_factory=list)
 
 
 @dataclass
@@ -59,6 +79,11 @@ class _Tx:
     def emit(self, h: _Handle, subject: str, payload: dict[str, Any]) -> Event:
         if payload.get("spec_hash") == "":
             payload["spec_hash"] = h.run.spec_hash
+        if subject == "ci.job.v1.requested" and "runs_on" not in payload:
+            # The scheduler places by labels without reading specs.
+            job = h.run.jobs.get(payload["job_id"])
+            if job is not None:
+                payload["runs_on"] = list(progress.concrete_job(h.spec, job).runs_on)
         event = make_event(
             subject,
             payload,
@@ -345,9 +370,7 @@ class Orchestrator:
             if job.state.terminal or job.cancel_requested:
                 return
             if job.state in (JobState.SCHEDULED, JobState.RUNNING):
-                tx.emit(h, "ci.assignment.v1.revoked",
-                        {"assignment_id": job.assignment_id, "job_id": job_id,
-                         "reason": reason})  # fmt: skip
+                tx.emit(h, *progress.revoke_action(job, reason))
             if job.state is not JobState.RUNNING:
                 tx.emit(h, "ci.job.v1.cancelled",
                         {"job_id": job_id, "reason": reason, "attempt": job.attempt})  # fmt: skip
@@ -364,33 +387,77 @@ class Orchestrator:
             raise RunFinished(f"run {run_id} already finished ({h.run.state.value})")
 
         def command(tx: _Tx) -> list[str]:
-            requeued: list[str] = []
             for job in list(h.run.jobs.values()):
-                if job.state not in (JobState.SCHEDULED, JobState.RUNNING):
-                    continue
-                if job.state is JobState.RUNNING and job.worker_id:
-                    tx.emit(
-                        h,
-                        "ci.worker.v1.failed",
-                        {
-                            "worker_id": job.worker_id,
-                            "job_id": job.job_id,
-                            "error_code": ErrorCode.ORC_INFRA.value,
-                            "message": "the process running this job stopped",
-                        },
-                    )
-                tx.emit(h, *progress.request_action(job.job_id, job.attempt + 1, "infra"))
-                requeued.append(job.job_id)
+                if job.state in (JobState.SCHEDULED, JobState.RUNNING):
+                    _fail_over(tx, h, job, "the process running this job stopped")
             tx.settle(h)
             return [j.job_id for j in h.run.jobs.values() if j.state is JobState.PENDING]
 
         pending = set(await self._call(command))
+        return await self._latest_requests(run_id, pending)
+
+    async def _latest_requests(self, run_id: str, job_ids: set[str]) -> list[Event]:
         stored = await self._store.run_events(run_id)
         latest: dict[str, Event] = {}
         for s in stored:
-            if s.event.subject == "ci.job.v1.requested" and s.event.payload["job_id"] in pending:
+            if s.event.subject == "ci.job.v1.requested" and s.event.payload["job_id"] in job_ids:
                 latest[s.event.payload["job_id"]] = s.event
         return list(latest.values())
+
+    async def recover(self, local_nodes: set[str]) -> Recovery:
+        """Take over the unfinished runs a stopped server left: jobs placed on ``local_nodes``
+        died with it and are re-queued; jobs on remote nodes are kept for their agents."""
+        recovery = Recovery()
+        for state in (RunState.PENDING, RunState.RUNNING):
+            for row in await self._store.list_runs(limit=100_000, state=state.value):
+                self._runs.pop(row["run_id"], None)
+                h = await self._load(row["run_id"])
+
+                def command(tx: _Tx, h: _Handle = h) -> list[str]:
+                    for job in list(h.run.jobs.values()):
+                        placed = job.state in (JobState.SCHEDULED, JobState.RUNNING)
+                        if placed and job.node_id in local_nodes:
+                            _fail_over(tx, h, job, "the server running this job stopped")
+                    tx.settle(h)
+                    return [j.job_id for j in h.run.jobs.values() if j.state is JobState.PENDING]
+
+                pending = set(await self._call(command))
+                recovery.requests.extend(await self._latest_requests(h.run.run_id, pending))
+                for job in h.run.jobs.values():
+                    if job.state in (JobState.SCHEDULED, JobState.RUNNING) and job.node_id:
+                        recovery.placed.append(
+                            Placed(
+                                job.job_id,
+                                job.attempt,
+                                job.node_id,
+                                job.assignment_id or "",
+                                job.state,
+                                job.cancel_requested,
+                            )
+                        )
+        return recovery
+
+    async def node_lost(self, node_id: str, message: str) -> list[str]:
+        """Fail over every job placed on a node that stopped answering; returns their ids.
+        They are re-queued without using their retry attempts."""
+
+        def command(tx: _Tx) -> list[str]:
+            moved: list[str] = []
+            for h in list(self._runs.values()):
+                if h.run.state.terminal:
+                    continue
+                touched = False
+                for job in list(h.run.jobs.values()):
+                    placed = job.state in (JobState.SCHEDULED, JobState.RUNNING)
+                    if placed and job.node_id == node_id:
+                        _fail_over(tx, h, job, message)
+                        moved.append(job.job_id)
+                        touched = True
+                if touched:
+                    tx.settle(h)
+            return moved
+
+        return await self._call(command)
 
     # -- scheduler port ------------------------------------------------------------------
 
@@ -450,6 +517,19 @@ class Orchestrator:
         if job is None or job.assignment_id != assignment_id:
             return None
         return h, job
+
+    async def barrier(self) -> None:
+        """Return once every command queued before this call is committed."""
+        await self._call(lambda tx: None)
+
+    async def is_current(self, assignment_id: str, job_id: str) -> bool:
+        """Whether the assignment is still its job's, and not being taken back."""
+        try:
+            await self._load(run_of(job_id))
+        except NotFound:
+            return False
+        found = self._fenced(job_id, assignment_id)
+        return found is not None and not found[1].cancel_requested
 
     async def accept(self, assignment_id: str, job_id: str, worker_id: str) -> Assignment | None:
         """The agent takes the assignment; None if it was revoked or superseded."""
@@ -719,6 +799,39 @@ class Orchestrator:
             tx.settle(h)
 
         await self._fenced_call(assignment_id, job_id, command, None)
+
+
+def _fail_over(tx: _Tx, h: _Handle, job: JobRun, message: str) -> None:
+    """Re-queue a placed job whose node or process is gone (a platform retry), or fail it
+    once the platform has retried it too often."""
+    if job.state is JobState.RUNNING and job.worker_id:
+        tx.emit(
+            h,
+            "ci.worker.v1.failed",
+            {
+                "worker_id": job.worker_id,
+                "job_id": job.job_id,
+                "error_code": ErrorCode.ORC_INFRA.value,
+                "message": message,
+            },
+        )
+    if job.cancel_requested or h.run.cancel_requested:
+        tx.emit(h, "ci.job.v1.cancelled", {"job_id": job.job_id, "attempt": job.attempt,
+                                            "reason": f"cancelled ({message})"})  # fmt: skip
+    elif job.infra_retries < MAX_INFRA_RETRIES:
+        tx.emit(h, *progress.request_action(job.job_id, job.attempt + 1, "infra"))
+    else:
+        tx.emit(
+            h,
+            "ci.job.v1.failed",
+            {
+                "job_id": job.job_id,
+                "attempt": job.attempt,
+                "error_code": ErrorCode.ORC_INFRA.value,
+                "retryable": False,
+                "message": f"{message} (after {job.infra_retries} platform retries)",
+            },
+        )
 
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:

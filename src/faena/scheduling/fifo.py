@@ -1,15 +1,18 @@
-"""Scheduler v0: first in, first out, within a fixed number of slots on one node.
+"""Scheduler v0: first in, first out, over the job slots of the nodes it knows.
 
 Consumes ``ci.job.v1.requested`` (honouring ``not_before`` for retry back-off), places
-the oldest queued job when a slot is free, and frees the slot when the job's attempt
-ends. Duplicate deliveries are dropped by an in-memory inbox of idempotency keys.
+the oldest queued job a node can take (all of the job's ``runs-on`` labels, a free slot),
+and frees the slot when the job's attempt ends. A job no node can take waits without
+holding up the jobs behind it. Duplicate deliveries are dropped by an in-memory inbox of
+idempotency keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from faena.bus.port import EventBus, Subscription
 from faena.domain.events import Event
@@ -19,21 +22,37 @@ POLICY = "fifo"
 _INBOX_SIZE = 100_000
 
 
+@dataclass
+class NodeSlots:
+    """What the scheduler knows of a node: its slots, labels and the jobs it holds."""
+
+    node_id: str
+    slots: int
+    labels: frozenset[str] | None  # None: takes any labels (the embedded machine)
+    held: set[str] = field(default_factory=set)
+
+    def takes(self, runs_on: frozenset[str]) -> bool:
+        return self.labels is None or runs_on <= self.labels
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.held)
+
+
+@dataclass(frozen=True)
+class _Queued:
+    job_id: str
+    attempt: int
+    runs_on: frozenset[str]
+
+
 class FifoScheduler:
-    def __init__(
-        self,
-        bus: EventBus,
-        recorder: AssignmentRecorder,
-        *,
-        node_id: str = "local",
-        slots: int = 1,
-    ) -> None:
+    def __init__(self, bus: EventBus, recorder: AssignmentRecorder) -> None:
         self._bus = bus
         self._recorder = recorder
-        self.node_id = node_id
-        self.slots = max(1, slots)
-        self._queue: deque[tuple[str, int]] = deque()
-        self._held: dict[str, int] = {}
+        self.nodes: dict[str, NodeSlots] = {}
+        self._queue: list[_Queued] = []
+        self._held: dict[str, tuple[int, str]] = {}  # job id -> (attempt, node id)
         self._inbox: OrderedDict[str, None] = OrderedDict()
         self._subs: list[Subscription] = []
         self._timers: set[asyncio.TimerHandle] = set()
@@ -47,6 +66,10 @@ class FifoScheduler:
     def running(self) -> int:
         return len(self._held)
 
+    def load(self, node_id: str) -> int:
+        node = self.nodes.get(node_id)
+        return len(node.held) if node else 0
+
     async def start(self) -> None:
         self._subs.append(
             await self._bus.subscribe("ci.job.v1.>", self._on_job, durable="scheduler")
@@ -57,6 +80,41 @@ class FifoScheduler:
             t.cancel()
         for s in self._subs:
             await s.unsubscribe()
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    async def add_node(self, node_id: str, slots: int, labels: frozenset[str] | None) -> None:
+        """A node joins, or changes its slots or labels; queued jobs may now fit."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            held = {j for j, (_, n) in self._held.items() if n == node_id}
+            self.nodes[node_id] = NodeSlots(node_id, max(1, slots), labels, held)
+        else:
+            node.slots, node.labels = max(1, slots), labels
+        await self._place()
+
+    def remove_node(self, node_id: str) -> None:
+        """A node left; its jobs keep their place until the orchestrator re-queues them."""
+        self.nodes.pop(node_id, None)
+
+    def restore(self, job_id: str, attempt: int, node_id: str) -> None:
+        """Count a job placed before a restart against its node's slots."""
+        self._held[job_id] = (attempt, node_id)
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.held.add(job_id)
+
+    def explain(self, runs_on: frozenset[str]) -> str | None:
+        """Why a job with these labels cannot be placed now, or None if it can."""
+        fitting = [n for n in self.nodes.values() if n.takes(runs_on)]
+        if not fitting:
+            wanted = ", ".join(sorted(runs_on)) or "(none)"
+            return f"no node has all the labels {wanted}"
+        if all(n.free <= 0 for n in fitting):
+            return f"all {len(fitting)} fitting node(s) are busy"
+        return None
+
+    # -- events --------------------------------------------------------------------------
 
     def _first_time(self, event: Event) -> bool:
         if event.idempotency_key in self._inbox:
@@ -76,45 +134,67 @@ class FifoScheduler:
             self._inbox.pop(event.idempotency_key, None)
             raise
 
+    def _release(self, job_id: str) -> None:
+        held = self._held.pop(job_id, None)
+        if held is not None and held[1] in self.nodes:
+            self.nodes[held[1]].held.discard(job_id)
+
     async def _handle(self, event: Event) -> None:
         p = event.payload
         job_id = p["job_id"]
         if event.subject == "ci.job.v1.requested":
-            self._held.pop(job_id, None)
-            attempt = int(p.get("attempt", 1))
+            self._release(job_id)
+            item = _Queued(job_id, int(p.get("attempt", 1)), frozenset(p.get("runs_on") or ()))
             delay = (p.get("not_before") or 0) - time.time()
             if delay > 0:
                 loop = asyncio.get_running_loop()
-                handle = loop.call_later(delay, self._enqueue_later, job_id, attempt)
+                handle = loop.call_later(delay, self._enqueue_later, item)
                 self._timers.add(handle)
                 return
-            if (job_id, attempt) not in self._queue:
-                self._queue.append((job_id, attempt))
+            if item not in self._queue:
+                self._queue.append(item)
         elif event.subject in ("ci.job.v1.completed", "ci.job.v1.failed", "ci.job.v1.cancelled"):
-            self._held.pop(job_id, None)
-            self._queue = deque(q for q in self._queue if q[0] != job_id)
+            self._release(job_id)
+            self._queue = [q for q in self._queue if q.job_id != job_id]
         else:
             return
         await self._place()
 
-    def _enqueue_later(self, job_id: str, attempt: int) -> None:
-        self._queue.append((job_id, attempt))
+    def _enqueue_later(self, item: _Queued) -> None:
+        self._queue.append(item)
         task = asyncio.ensure_future(self._place())
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
+    def _pick(self, runs_on: frozenset[str]) -> NodeSlots | None:
+        best: NodeSlots | None = None
+        for node in self.nodes.values():
+            if node.free > 0 and node.takes(runs_on) and (best is None or node.free > best.free):
+                best = node
+        return best
+
     async def _place(self) -> None:
         async with self._placing:
-            while self._queue and len(self._held) < self.slots:
-                job_id, attempt = self._queue.popleft()
-                self._held[job_id] = attempt
+            i = 0
+            while i < len(self._queue) and any(n.free > 0 for n in self.nodes.values()):
+                item = self._queue[i]
+                node = self._pick(item.runs_on)
+                if node is None:
+                    i += 1
+                    continue
+                del self._queue[i]
+                self._held[item.job_id] = (item.attempt, node.node_id)
+                node.held.add(item.job_id)
                 try:
                     assignment = await self._recorder.create_assignment(
-                        job_id, attempt, self.node_id, POLICY
+                        item.job_id, item.attempt, node.node_id, POLICY
                     )
                 except Exception:
                     # Keep the job first in line and its slot free for the next try.
-                    self._held.pop(job_id, None)
-                    self._queue.appendleft((job_id, attempt))
+                    self._release(item.job_id)
+                    self._queue.insert(i, item)
                     raise
-                if assignment is None and self._held.get(job_id) == attempt:
-                    del self._held[job_id]
+                if assignment is None and self._held.get(item.job_id) == (
+                    item.attempt,
+                    node.node_id,
+                ):
+                    self._release(item.job_id)

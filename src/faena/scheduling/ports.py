@@ -11,3 +11,9 @@ class AssignmentRecorder(Protocol):
     ) -> str | None:
         """Record a placement; None means the job no longer waits for one."""
         ...
+
+
+class NodeLossHandler(Protocol):
+    async def node_lost(self, node_id: str, message: str) -> list[str]:
+        """Fail over the jobs placed on a node that stopped answering."""
+        ...

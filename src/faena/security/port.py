@@ -31,13 +31,14 @@ class Principal:
     subject: str
     scopes: frozenset[str]
     tenant_id: str = DEFAULT_TENANT
+    token_id: str | None = None
 
     def has(self, scope: str) -> bool:
         return "*" in self.scopes or scope in self.scopes
 
 
 class Authenticator(Protocol):
-    def authenticate(self, token: str | None) -> Principal:
+    async def authenticate(self, token: str | None) -> Principal:
         """The principal a bearer token stands for; raises Unauthenticated."""
         ...
 

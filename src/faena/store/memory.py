@@ -14,7 +14,14 @@ from typing import Any
 
 from faena.domain.errors import ErrorCode
 from faena.domain.events import Event
-from faena.store.port import AmbiguousRef, Commit, LogLine, StoredEvent
+from faena.store.port import (
+    AmbiguousRef,
+    Commit,
+    IdempotencyRecord,
+    LogLine,
+    StoredEvent,
+    TokenRecord,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -27,6 +34,13 @@ class _Run:
     created_at: float
     state: str | None
     data: str
+
+
+@dataclass(frozen=True)
+class _Idempotency:
+    body_hash: str
+    result: str  # JSON, as in SQL: callers get copies
+    created_at: float
 
 
 class MemoryStore:
@@ -44,6 +58,10 @@ class MemoryStore:
         self._inbox: dict[str, set[str]] = {}
         self._logs: dict[str, list[LogLine]] = {}
         self._log_id = 0
+        self._log_chunks: set[tuple[str, str]] = set()  # (run_id, chunk) already stored
+        self._idempotency: dict[tuple[str, str], _Idempotency] = {}
+        self._tokens: dict[str, TokenRecord] = {}
+        self._token_ids: dict[str, str] = {}  # token_hash -> token_id
 
     async def open(self) -> None:
         return None
@@ -157,9 +175,16 @@ class MemoryStore:
             self._pending.pop(event_id, None)
 
     async def append_logs(self, lines: list[LogLine]) -> None:
+        # Chunks stored by earlier calls only: one call may carry several lines of a chunk.
+        earlier = set(self._log_chunks)
         for line in lines:
+            if line.chunk is not None:
+                key = (line.run_id, line.chunk)
+                if key in earlier:
+                    continue
+                self._log_chunks.add(key)
             self._log_id += 1
-            stored = dataclasses.replace(line, id=self._log_id)
+            stored = dataclasses.replace(line, id=self._log_id, chunk=None)  # as SQL reads it
             self._logs.setdefault(line.run_id, []).append(stored)
 
     async def read_logs(
@@ -177,6 +202,57 @@ class MemoryStore:
                 out.append(line)  # LogLine is frozen with immutable fields: safe to share
         return out
 
+    async def remember_idempotency(
+        self, record: IdempotencyRecord, not_before: float
+    ) -> IdempotencyRecord:
+        where = (record.tenant_id, record.key)
+        stored = self._idempotency.get(where)
+        if stored is None or stored.created_at < not_before:
+            stored = _Idempotency(record.body_hash, _dumps(record.result), record.created_at)
+            self._idempotency[where] = stored
+        return _idempotency_record(where, stored)
+
+    async def recall_idempotency(
+        self, tenant_id: str, key: str, not_before: float
+    ) -> IdempotencyRecord | None:
+        stored = self._idempotency.get((tenant_id, key))
+        if stored is None or stored.created_at < not_before:
+            return None
+        return _idempotency_record((tenant_id, key), stored)
+
+    async def purge_idempotency(self, older_than: float) -> int:
+        old = [k for k, stored in self._idempotency.items() if stored.created_at < older_than]
+        for k in old:
+            del self._idempotency[k]
+        return len(old)
+
+    async def put_token(self, record: TokenRecord) -> None:
+        owner = self._token_ids.get(record.token_hash)
+        if owner is not None and owner != record.token_id:
+            raise ValueError("another token has this token_hash")  # SQL: unique constraint
+        previous = self._tokens.get(record.token_id)
+        if previous is not None:
+            del self._token_ids[previous.token_hash]
+        # A tuple, as SQL reads it back, even if the caller passed a list.
+        self._tokens[record.token_id] = dataclasses.replace(record, scopes=tuple(record.scopes))
+        self._token_ids[record.token_hash] = record.token_id
+
+    async def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        token_id = self._token_ids.get(token_hash)
+        return None if token_id is None else self._tokens[token_id]
+
+    async def list_tokens(self, kind: str | None = None) -> list[TokenRecord]:
+        tokens = [t for t in self._tokens.values() if kind is None or t.kind == kind]
+        return sorted(tokens, key=lambda t: (t.created_at, t.token_id))
+
+    async def revoke_token(self, token_id: str, at: float) -> bool:
+        token = self._tokens.get(token_id)
+        if token is None:
+            return False
+        if token.revoked_at is None:
+            self._tokens[token_id] = dataclasses.replace(token, revoked_at=at)
+        return True
+
     def _stored(self, seq: int) -> StoredEvent:
         return StoredEvent(seq, Event.from_dict(json.loads(self._events[seq - 1][1])))
 
@@ -184,6 +260,13 @@ class MemoryStore:
 def _dumps(value: Any) -> str:
     # No default=: a value JSON cannot hold is a caller bug, raised (TypeError) not stringified.
     return json.dumps(value, separators=(",", ":"))
+
+
+def _idempotency_record(where: tuple[str, str], stored: _Idempotency) -> IdempotencyRecord:
+    tenant_id, key = where
+    return IdempotencyRecord(
+        tenant_id, key, stored.body_hash, _loads(stored.result), stored.created_at
+    )
 
 
 def _loads(text: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The Store port: runs, jobs, the append-only event log, outbox, inbox and logs.
+"""The Store port: runs, jobs, the append-only event log, outbox, inbox, logs, API
+idempotency records and API tokens.
 
 One ``commit`` is one transaction: the events a state change causes are appended to the
 event log and the outbox together with the projection rows they produce, so a crash can
@@ -43,7 +44,11 @@ class StoredEvent:
 
 @dataclass(frozen=True)
 class LogLine:
-    """One output line of a step; ``id`` is assigned by the store, increasing."""
+    """One output line of a step; ``id`` is assigned by the store, increasing.
+
+    ``chunk`` is the sender's key for the batch the line came in (write only: read_logs
+    returns None); a re-sent chunk is not stored twice.
+    """
 
     run_id: str
     job_id: str
@@ -53,6 +58,34 @@ class LogLine:
     ts: float
     text: str
     id: int = 0
+    chunk: str | None = None
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """The outcome of an API request made with an ``Idempotency-Key``."""
+
+    tenant_id: str
+    key: str
+    body_hash: str
+    result: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token, by the hash of its secret (the raw token is never stored)."""
+
+    token_id: str
+    token_hash: str
+    subject: str
+    scopes: tuple[str, ...]
+    tenant_id: str = "default"
+    kind: str = "user"  # admin | user | registration | agent
+    node_id: str | None = None
+    created_at: float = 0.0
+    expires_at: float | None = None
+    revoked_at: float | None = None
 
 
 class Store(Protocol):
@@ -105,7 +138,9 @@ class Store(Protocol):
 
     async def mark_published(self, event_ids: list[str]) -> None: ...
 
-    async def append_logs(self, lines: list[LogLine]) -> None: ...
+    async def append_logs(self, lines: list[LogLine]) -> None:
+        """Store the lines, except those whose (run_id, chunk) an earlier call stored."""
+        ...
 
     async def read_logs(
         self,
@@ -115,4 +150,39 @@ class Store(Protocol):
         limit: int = 10000,
     ) -> list[LogLine]:
         """Log lines in write order, with their ids."""
+        ...
+
+    # -- API idempotency records -------------------------------------------------------
+
+    async def remember_idempotency(
+        self, record: IdempotencyRecord, not_before: float
+    ) -> IdempotencyRecord:
+        """Store ``record`` unless a live one (created at or after ``not_before``) has its
+        (tenant_id, key); return the stored one. The first writer wins, races included."""
+        ...
+
+    async def recall_idempotency(
+        self, tenant_id: str, key: str, not_before: float
+    ) -> IdempotencyRecord | None:
+        """The record of (tenant_id, key) if created at or after ``not_before``."""
+        ...
+
+    async def purge_idempotency(self, older_than: float) -> int:
+        """Delete the records created before ``older_than``; return how many."""
+        ...
+
+    # -- API tokens --------------------------------------------------------------------
+
+    async def put_token(self, record: TokenRecord) -> None:
+        """Insert or replace by ``token_id``. Two tokens cannot share a hash."""
+        ...
+
+    async def token_by_hash(self, token_hash: str) -> TokenRecord | None: ...
+
+    async def list_tokens(self, kind: str | None = None) -> list[TokenRecord]:
+        """Tokens (of one kind, or all), oldest first."""
+        ...
+
+    async def revoke_token(self, token_id: str, at: float) -> bool:
+        """Mark revoked at ``at``, keeping an earlier revocation; False if unknown."""
         ...

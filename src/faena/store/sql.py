@@ -34,12 +34,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from faena.domain.errors import ErrorCode
 from faena.domain.events import Event
-from faena.store.port import AmbiguousRef, Commit, LogLine, StoredEvent
+from faena.store.port import (
+    AmbiguousRef,
+    Commit,
+    IdempotencyRecord,
+    LogLine,
+    StoredEvent,
+    TokenRecord,
+)
 
 __all__ = ["HEAD_REVISION", "METADATA", "MIGRATIONS_DIR", "SqlStore", "upgrade_schema"]
 
 # The newest file in migrations/versions; open() skips Alembic when the database has it.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 _LOG_CHUNK = "ci.log.v1.chunk"  # logs go through append_logs, never the event log
@@ -152,6 +159,41 @@ LOGS = sa.Table(
     sqlite_autoincrement=True,
 )
 
+# (run_id, chunk) of every log chunk stored: a re-sent chunk is recognised and dropped.
+LOG_CHUNKS = sa.Table(
+    "log_chunks",
+    METADATA,
+    sa.Column("run_id", sa.String, primary_key=True),
+    sa.Column("chunk", sa.String, primary_key=True),
+)
+
+IDEMPOTENCY = sa.Table(
+    "idempotency",
+    METADATA,
+    sa.Column("tenant_id", sa.String, primary_key=True),
+    sa.Column("key", sa.String, primary_key=True),
+    sa.Column("body_hash", sa.String, nullable=False),
+    sa.Column("result", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_idempotency_created_at", "created_at"),
+)
+
+TOKENS = sa.Table(
+    "tokens",
+    METADATA,
+    sa.Column("token_id", sa.String, primary_key=True),
+    sa.Column("token_hash", sa.String, nullable=False),
+    sa.Column("subject", sa.String, nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False),
+    sa.Column("tenant_id", sa.String, nullable=False),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("node_id", sa.String),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float),
+    sa.Column("revoked_at", sa.Float),
+    sa.UniqueConstraint("token_hash", name="uq_tokens_token_hash"),
+)
+
 
 def upgrade_schema(connection: sa.Connection) -> None:
     """Run the packaged Alembic migrations up to head on ``connection`` (no alembic.ini)."""
@@ -195,15 +237,18 @@ class _Dialect:
         keys: Sequence[str],
         keep: Sequence[str] = (),
         values: Mapping[str, sa.ColumnElement[Any]] | None = None,
+        where: sa.ColumnElement[bool] | None = None,
     ) -> sa.Insert:
         """INSERT that replaces an existing row, except its ``keep`` columns; ``values``
-        computes columns of a new row in SQL."""
+        computes columns of a new row in SQL; ``where`` limits which rows are replaced."""
         ins = self._insert(table)
         if values:
             ins = ins.values(**values)
         fixed = set(keys) | set(keep)
         updates = {c.name: ins.excluded[c.name] for c in table.c if c.name not in fixed}
-        stmt: sa.Insert = ins.on_conflict_do_update(index_elements=list(keys), set_=updates)
+        stmt: sa.Insert = ins.on_conflict_do_update(
+            index_elements=list(keys), set_=updates, where=where
+        )
         return stmt
 
     @property
@@ -336,6 +381,42 @@ _READ_LOGS = (
     .limit(_LIMIT)
 )
 _READ_JOB_LOGS = _READ_LOGS.where(LOGS.c.job_id == _param("job_id"))
+_IDEMPOTENCY_COLUMNS = (  # IdempotencyRecord's field order
+    IDEMPOTENCY.c.tenant_id,
+    IDEMPOTENCY.c.key,
+    IDEMPOTENCY.c.body_hash,
+    IDEMPOTENCY.c.result,
+    IDEMPOTENCY.c.created_at,
+)
+_GET_IDEMPOTENCY = sa.select(*_IDEMPOTENCY_COLUMNS).where(
+    IDEMPOTENCY.c.tenant_id == _param("tenant_id"), IDEMPOTENCY.c.key == _param("key")
+)
+_RECALL_IDEMPOTENCY = _GET_IDEMPOTENCY.where(IDEMPOTENCY.c.created_at >= _param("not_before"))
+_PURGE_IDEMPOTENCY = sa.delete(IDEMPOTENCY).where(
+    IDEMPOTENCY.c.created_at < _param("older_than", sa.Float())
+)
+_TOKEN_COLUMNS = (  # TokenRecord's field order
+    TOKENS.c.token_id,
+    TOKENS.c.token_hash,
+    TOKENS.c.subject,
+    TOKENS.c.scopes,
+    TOKENS.c.tenant_id,
+    TOKENS.c.kind,
+    TOKENS.c.node_id,
+    TOKENS.c.created_at,
+    TOKENS.c.expires_at,
+    TOKENS.c.revoked_at,
+)
+_TOKEN_BY_HASH = sa.select(*_TOKEN_COLUMNS).where(TOKENS.c.token_hash == _param("token_hash"))
+_LIST_TOKENS = sa.select(*_TOKEN_COLUMNS).order_by(TOKENS.c.created_at, TOKENS.c.token_id)
+_LIST_TOKENS_OF_KIND = _LIST_TOKENS.where(TOKENS.c.kind == _param("kind"))
+# The bound parameter is not named token_id: UPDATE reserves column names for SET values.
+# coalesce keeps the first revocation time; the row still counts as matched (rowcount 1).
+_REVOKE_TOKEN = (
+    sa.update(TOKENS)
+    .where(TOKENS.c.token_id == _param("revoke_id"))
+    .values(revoked_at=sa.func.coalesce(TOKENS.c.revoked_at, _param("at", sa.Float())))
+)
 
 
 @dataclass(slots=True)
@@ -367,6 +448,19 @@ class _Sql:
         self._jobs = dialect.upsert(
             JOBS, ["job_id"], keep=["position"], values={"position": _NEXT_POSITION}
         )
+        # RETURNING gives the keys this statement inserted: a chunk another transaction
+        # stored first (even one committing concurrently, on PostgreSQL) is not among them.
+        self._log_chunks = dialect.insert_ignore(LOG_CHUNKS, ["run_id", "chunk"]).returning(
+            LOG_CHUNKS.c.run_id, LOG_CHUNKS.c.chunk
+        )
+        # One statement, so concurrent callers cannot both insert: an expired record is
+        # replaced, a live one kept (first writer wins).
+        self._remember = dialect.upsert(
+            IDEMPOTENCY,
+            ["tenant_id", "key"],
+            where=IDEMPOTENCY.c.created_at < _param("not_before", sa.Float()),
+        )
+        self._tokens = dialect.upsert(TOKENS, ["token_id"])
 
     # -- writes (run inside a write transaction) ---------------------------------------
 
@@ -393,9 +487,40 @@ class _Sql:
         for chunk in _chunks(event_ids):
             conn.execute(_MARK_PUBLISHED, {"event_ids": chunk})
 
+    def append_logs(
+        self,
+        conn: sa.Connection,
+        params: list[dict[str, Any]],
+        chunks: list[tuple[str, str] | None],
+    ) -> None:
+        """``chunks`` holds each line's (run_id, chunk) key, None for a line without one."""
+        keys = {key for key in chunks if key is not None}
+        if keys:
+            rows = [{"run_id": run_id, "chunk": chunk} for run_id, chunk in keys]
+            fresh = {(r, c) for r, c in conn.execute(self._log_chunks, rows)}
+            params = [
+                p for p, key in zip(params, chunks, strict=True) if key is None or key in fresh
+            ]
+        if params:
+            conn.execute(_INSERT_LOGS, params)
+
+    def remember_idempotency(
+        self, conn: sa.Connection, params: dict[str, Any], not_before: float
+    ) -> IdempotencyRecord:
+        conn.execute(self._remember, params | {"not_before": not_before})
+        where = {"tenant_id": params["tenant_id"], "key": params["key"]}
+        return _idempotency_record(conn.execute(_GET_IDEMPOTENCY, where).one())
+
     @staticmethod
-    def append_logs(conn: sa.Connection, params: list[dict[str, Any]]) -> None:
-        conn.execute(_INSERT_LOGS, params)
+    def purge_idempotency(conn: sa.Connection, older_than: float) -> int:
+        return int(conn.execute(_PURGE_IDEMPOTENCY, {"older_than": older_than}).rowcount)
+
+    def put_token(self, conn: sa.Connection, params: dict[str, Any]) -> None:
+        conn.execute(self._tokens, params)
+
+    @staticmethod
+    def revoke_token(conn: sa.Connection, token_id: str, at: float) -> bool:
+        return bool(conn.execute(_REVOKE_TOKEN, {"revoke_id": token_id, "at": at}).rowcount)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -473,6 +598,27 @@ class _Sql:
         else:
             rows = conn.execute(_READ_JOB_LOGS, params | {"job_id": job_id}).all()
         return [LogLine(*row) for row in rows]
+
+    @staticmethod
+    def recall_idempotency(
+        conn: sa.Connection, tenant_id: str, key: str, not_before: float
+    ) -> IdempotencyRecord | None:
+        params = {"tenant_id": tenant_id, "key": key, "not_before": not_before}
+        row = conn.execute(_RECALL_IDEMPOTENCY, params).first()
+        return None if row is None else _idempotency_record(row)
+
+    @staticmethod
+    def token_by_hash(conn: sa.Connection, token_hash: str) -> TokenRecord | None:
+        row = conn.execute(_TOKEN_BY_HASH, {"token_hash": token_hash}).first()
+        return None if row is None else _token_record(row)
+
+    @staticmethod
+    def list_tokens(conn: sa.Connection, kind: str | None) -> list[TokenRecord]:
+        if kind is None:
+            rows = conn.execute(_LIST_TOKENS).all()
+        else:
+            rows = conn.execute(_LIST_TOKENS_OF_KIND, {"kind": kind}).all()
+        return [_token_record(row) for row in rows]
 
 
 # -- backends --------------------------------------------------------------------------
@@ -677,7 +823,44 @@ class SqlStore:
             }
             for line in lines
         ]
-        await self._write(lambda conn: _Sql.append_logs(conn, params))
+        chunks = [None if ln.chunk is None else (ln.run_id, ln.chunk) for ln in lines]
+        append_logs = self._sql.append_logs
+        await self._write(lambda conn: append_logs(conn, params, chunks))
+
+    async def remember_idempotency(
+        self, record: IdempotencyRecord, not_before: float
+    ) -> IdempotencyRecord:
+        params = {
+            "tenant_id": record.tenant_id,
+            "key": record.key,
+            "body_hash": record.body_hash,
+            "result": _dumps(record.result),  # encoded here: see commit
+            "created_at": float(record.created_at),
+        }
+        remember = self._sql.remember_idempotency
+        return await self._write(lambda conn: remember(conn, params, not_before))
+
+    async def purge_idempotency(self, older_than: float) -> int:
+        return await self._write(lambda conn: _Sql.purge_idempotency(conn, older_than))
+
+    async def put_token(self, record: TokenRecord) -> None:
+        params = {
+            "token_id": record.token_id,
+            "token_hash": record.token_hash,
+            "subject": record.subject,
+            "scopes": _dumps(list(record.scopes)),
+            "tenant_id": record.tenant_id,
+            "kind": record.kind,
+            "node_id": record.node_id,
+            "created_at": float(record.created_at),
+            "expires_at": _opt_float(record.expires_at),
+            "revoked_at": _opt_float(record.revoked_at),
+        }
+        put_token = self._sql.put_token
+        await self._write(lambda conn: put_token(conn, params))
+
+    async def revoke_token(self, token_id: str, at: float) -> bool:
+        return await self._write(lambda conn: _Sql.revoke_token(conn, token_id, at))
 
     # -- reads -------------------------------------------------------------------------
 
@@ -722,6 +905,19 @@ class SqlStore:
     ) -> list[LogLine]:
         return await self._read(lambda conn: _Sql.read_logs(conn, run_id, job_id, after_id, limit))
 
+    async def recall_idempotency(
+        self, tenant_id: str, key: str, not_before: float
+    ) -> IdempotencyRecord | None:
+        return await self._read(
+            lambda conn: _Sql.recall_idempotency(conn, tenant_id, key, not_before)
+        )
+
+    async def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+        return await self._read(lambda conn: _Sql.token_by_hash(conn, token_hash))
+
+    async def list_tokens(self, kind: str | None = None) -> list[TokenRecord]:
+        return await self._read(lambda conn: _Sql.list_tokens(conn, kind))
+
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -748,6 +944,27 @@ def _opt_str(value: Any) -> str | None:
 
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _idempotency_record(row: Sequence[Any]) -> IdempotencyRecord:
+    tenant_id, key, body_hash, result, created_at = row
+    return IdempotencyRecord(tenant_id, key, body_hash, _loads(result), float(created_at))
+
+
+def _token_record(row: Sequence[Any]) -> TokenRecord:
+    token_id, token_hash, subject, scopes, tenant_id, kind, node_id, created, expires, revoked = row
+    return TokenRecord(
+        token_id,
+        token_hash,
+        subject,
+        tuple(json.loads(scopes)),
+        tenant_id,
+        kind,
+        node_id,
+        float(created),
+        _opt_float(expires),
+        _opt_float(revoked),
+    )
 
 
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:

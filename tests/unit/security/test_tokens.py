@@ -20,12 +20,12 @@ from faena.security.tokens import (
 READER = Principal(subject="ci-bot", scopes=frozenset({"job:read"}))
 
 
-def test_tokens_are_known_by_hash_only() -> None:
+async def test_tokens_are_known_by_hash_only() -> None:
     auth = TokenAuthenticator({hash_token("s3cret"): READER})
-    assert auth.authenticate("s3cret") is READER
+    assert await auth.authenticate("s3cret") is READER
     for bad in (None, "", "s3cret ", "other"):
         with pytest.raises(Unauthenticated) as err:
-            auth.authenticate(bad)
+            await auth.authenticate(bad)
         assert err.value.code is ErrorCode.SEC_TOK
 
 

@@ -14,6 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from faena.store.port import IdempotencyRecord, LogLine, TokenRecord
 from faena.store.sql import HEAD_REVISION, METADATA, MIGRATIONS_DIR, SqlStore, upgrade_schema
 
 
@@ -99,6 +100,9 @@ async def test_upgrade_from_empty_creates_all_tables(db_path: Path, sync_engine:
         "outbox",
         "inbox",
         "logs",
+        "log_chunks",
+        "idempotency",
+        "tokens",
         "alembic_version",
     }
     with sync_engine.connect() as conn:
@@ -119,6 +123,59 @@ def test_downgrade_to_base_drops_every_table(db_path: Path, sync_engine: sa.Engi
     with sync_engine.begin() as conn:
         command.downgrade(alembic_config(conn), "base")
     assert set(sa.inspect(sync_engine).get_table_names()) == {"alembic_version"}
+
+
+async def test_open_upgrades_a_0002_database_in_place(
+    db_path: Path, sync_engine: sa.Engine
+) -> None:
+    db_path.parent.mkdir()
+    with sync_engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0002")
+        conn.execute(
+            sa.text(
+                "INSERT INTO runs (run_id, state, created_at, data) "
+                "VALUES ('old-run', 'SUCCEEDED', 1.0, :data)"
+            ),
+            {"data": '{"run_id":"old-run","state":"SUCCEEDED"}'},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO logs (run_id, job_id, attempt, step_index, stream, ts, text) "
+                "VALUES ('old-run', 'j1', 1, 0, 'stdout', 1.0, 'old line')"
+            )
+        )
+
+    store = SqlStore(f"sqlite:///{db_path}")
+    await store.open()
+    try:
+        assert await store.get_run("old-run") == {
+            "run_id": "old-run",
+            "state": "SUCCEEDED",
+            "jobs": [],
+        }
+        assert [line.text for line in await store.read_logs("old-run")] == ["old line"]
+        # The new tables work.
+        record = IdempotencyRecord("t", "k", "h", {"run_id": "old-run"}, 5.0)
+        assert await store.remember_idempotency(record, not_before=0.0) == record
+        assert await store.recall_idempotency("t", "k", not_before=0.0) == record
+        token = TokenRecord("tok-1", "hash-1", "alice", ("runs:read",), created_at=5.0)
+        await store.put_token(token)
+        assert await store.token_by_hash("hash-1") == token
+        again = LogLine("old-run", "j1", 1, 0, "stdout", 2.0, "new line", chunk="c1")
+        await store.append_logs([again])
+        await store.append_logs([again])
+        assert [line.text for line in await store.read_logs("old-run")] == [
+            "old line",
+            "new line",
+        ]
+    finally:
+        await store.close()
+
+    with sync_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == (
+            HEAD_REVISION
+        )
+    assert schema(sync_engine) == declared(METADATA)
 
 
 async def test_upgrade_is_idempotent(db_path: Path, sync_engine: sa.Engine) -> None:

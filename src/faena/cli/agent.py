@@ -1,0 +1,101 @@
+"""``faena agent``: make this machine a node of a faena server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+
+from faena.settings import Settings, SettingsError
+
+_ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def parse_capacity(text: str | None) -> dict[str, str]:
+    """``cpu=2,memory=4Gi`` -> {"cpu": "2", "memory": "4Gi"}."""
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise SettingsError(f"--capacity: expected key=value, got {part!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def default_labels(provider: str) -> list[str]:
+    """Labels every agent has, like GitHub's runners: OS, architecture, provider."""
+    machine = platform.machine().lower()
+    return [platform.system().lower(), _ARCH.get(machine, machine), provider]
+
+
+def agent_command(
+    *,
+    server: str | None,
+    token: str | None,
+    name: str | None,
+    labels: str | None,
+    capacity: str | None,
+    provider: str,
+    jobs: int | None,
+) -> int:
+    from faena.agent.remote import AgentConfig
+    from faena.app import build_agent
+
+    url = server or os.environ.get("FAENA_SERVER")
+    secret = token or os.environ.get("FAENA_TOKEN")
+    if not url:
+        raise SettingsError("no server: give --server URL or set FAENA_SERVER")
+    if not secret:
+        raise SettingsError("no token: give --token T or set FAENA_TOKEN (an agent token)")
+    cap = parse_capacity(capacity)
+    given = [x.strip() for x in (labels or "").split(",") if x.strip()]
+    every = list(dict.fromkeys([*given, *default_labels(provider)]))
+    slots = jobs
+    if slots is None and cap.get("cpu", "").isdigit():
+        slots = max(1, int(cap["cpu"]))
+    settings = Settings.from_env(jobs=slots)
+    config = AgentConfig(
+        server=url,
+        token=secret,
+        name=name or socket.gethostname(),
+        labels=tuple(every),
+        slots=settings.jobs,
+        capacity=cap,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # One line per HTTP request would bury what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    agent = build_agent(settings, config, provider)
+    print(
+        f"faena agent {config.name}: {config.slots} slot(s), labels {', '.join(every)}; "
+        f"server {url}",
+        file=sys.stderr,
+    )
+    return asyncio.run(_serve(agent))
+
+
+async def _serve(agent: object) -> int:
+    from faena.agent.remote import RemoteAgent
+
+    assert isinstance(agent, RemoteAgent)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = asyncio.create_task(agent.run_forever())
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if runner in done:
+        waiter.cancel()
+        runner.result()
+        return 1
+    print("faena agent: stopping (its jobs move to other nodes)", file=sys.stderr)
+    await agent.stop()
+    runner.cancel()
+    return 0
