@@ -1,0 +1,261 @@
+"""The distributed shape with real processes: `faena server` and `faena agent`s over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from remote_harness import Proc, Server, make_agent, make_server, wait_until
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in reversed(started):
+        p.stop()
+
+
+def start(procs: list[Proc], p: Proc) -> Proc:
+    procs.append(p)
+    p.start()
+    return p
+
+
+def node_names(server: Server) -> dict[str, str]:
+    return {n["node_id"]: n["name"] for n in server.nodes()}
+
+
+def ready(server: Server, *names: str) -> bool:
+    states = {n["name"]: n["state"] for n in server.nodes()}
+    return all(states.get(name) == "ready" for name in names)
+
+
+def jobs_by_name(row: dict[str, object]) -> dict[str, dict[str, object]]:
+    return {str(j["name"]): j for j in row["jobs"]}  # type: ignore[attr-defined]
+
+
+def test_a_dag_spreads_over_two_agents_by_labels(tmp_path: Path, procs: list[Proc]) -> None:
+    server = start(procs, make_server(tmp_path))
+    assert isinstance(server, Server)
+    start(procs, make_agent(tmp_path, server, "alpha", labels="alpha"))
+    start(procs, make_agent(tmp_path, server, "beta", labels="beta"))
+    wait_until(lambda: ready(server, "alpha", "beta"), what="both agents registered")
+    run_id = server.submit(
+        """
+name: spread
+jobs:
+  build:
+    runs-on: alpha
+    steps:
+      - id: v
+        run: echo "version=1.2.$((40 + 2))" >> "$FAENA_OUTPUT"; echo built on alpha
+    outputs:
+      version: ${{ steps.v.outputs.version }}
+  test:
+    runs-on: beta
+    needs: build
+    steps:
+      - run: echo testing ${{ needs.build.outputs.version }}
+  ship:
+    runs-on: [alpha, linux]
+    needs: [build, test]
+    steps:
+      - run: echo shipping
+"""
+    )
+    row = server.wait_run(run_id)
+    assert row["state"] == "SUCCEEDED", row
+    names = node_names(server)
+    jobs = jobs_by_name(row)
+    assert names[str(jobs["build"]["node_id"])] == "alpha"
+    assert names[str(jobs["test"]["node_id"])] == "beta"
+    assert names[str(jobs["ship"]["node_id"])] == "alpha"
+    out = "\n".join(server.logs(run_id))
+    assert "built on alpha" in out and "testing 1.2.42" in out and "shipping" in out
+
+
+def test_a_job_whose_agent_is_killed_finishes_on_the_other(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    server = start(procs, make_server(tmp_path))
+    assert isinstance(server, Server)
+    agents = {
+        name: start(procs, make_agent(tmp_path, server, name, labels="pool"))
+        for name in ("one", "two")
+    }
+    wait_until(lambda: ready(server, "one", "two"), what="both agents registered")
+    marker = tmp_path / "attempts"
+    run_id = server.submit(
+        f"""
+name: survive
+jobs:
+  long:
+    runs-on: pool
+    steps:
+      - run: echo "attempt $FAENA_JOB_ATTEMPT" >> {marker}; echo started; sleep 2; echo finished
+"""
+    )
+
+    def running_on() -> str | None:
+        job = server.run(run_id)["jobs"][0]
+        return str(job["node_id"]) if job["state"] == "RUNNING" and marker.exists() else None
+
+    node = wait_until(running_on, what="the job to start")
+    victim = node_names(server)[node]
+    killed_at = time.monotonic()
+    agents[victim].kill9()
+
+    def moved() -> bool:
+        job = server.run(run_id)["jobs"][0]
+        return job["state"] == "RUNNING" and job["node_id"] != node
+
+    wait_until(moved, timeout=30, what="the job to run on the other agent")
+    failover = time.monotonic() - killed_at
+    row = server.wait_run(run_id)
+    assert row["state"] == "SUCCEEDED", row
+    job = row["jobs"][0]
+    assert node_names(server)[str(job["node_id"])] != victim
+    assert job["attempt"] == 2  # a platform retry, not one of the job's own attempts
+    lost = {n["name"]: n["state"] for n in server.nodes()}
+    assert lost[victim] == "lost"
+    # Heartbeats every 0.3 s, lost after 3 missed: the move takes about a second.
+    print(f"failover after kill -9: {failover:.2f}s")
+
+
+def test_the_server_restarts_mid_run_and_the_run_completes(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    server = start(procs, make_server(tmp_path))
+    assert isinstance(server, Server)
+    start(procs, make_agent(tmp_path, server, "steady", slots=1))
+    wait_until(lambda: ready(server, "steady"), what="agent registered")
+    gate = tmp_path / "gate"
+    run_id = server.submit(
+        f"""
+name: restart
+jobs:
+  first:
+    steps:
+      - run: echo before; while [ ! -e {gate} ]; do sleep 0.05; done; echo after
+  second:
+    needs: first
+    steps:
+      - run: echo second ran
+  third:
+    steps:
+      - run: echo third ran
+"""
+    )
+    wait_until(lambda: server.run(run_id)["jobs"][0]["state"] == "RUNNING", what="first runs")
+    assert server.proc is not None
+    os.killpg(os.getpgid(server.proc.pid), signal.SIGKILL)
+    server.proc.wait(timeout=10)
+    gate.touch()  # the job finishes while no server listens: its reports wait
+    time.sleep(1.0)
+    server.start()
+    row = server.wait_run(run_id)
+    assert row["state"] == "SUCCEEDED", (row, server.output())
+    jobs = jobs_by_name(row)
+    assert jobs["first"]["attempt"] == 1  # not re-run: the agent kept it going
+    lines = server.logs(run_id)
+    assert lines.count("before") == 1 and "after" in lines  # nothing lost, nothing twice
+    assert "second ran" in lines and "third ran" in lines
+
+
+def test_agent_routes_need_an_agent_token_for_their_own_node(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    server = start(procs, make_server(tmp_path))
+    assert isinstance(server, Server)
+    url = server.url + "/api/v1/agent/register"
+    body = {"name": "x", "labels": ["a"], "slots": 1}
+    assert httpx.post(url, json=body).status_code == 401
+    bad = httpx.post(url, json=body, headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.json()["code"] == "SEC-TOK"
+    reader = server.api("POST", "/api/v1/tokens", json={"name": "r", "scopes": ["job:read"]})
+    denied = httpx.post(url, json=body, headers={"Authorization": f"Bearer {reader['token']}"})
+    assert denied.status_code == 403 and denied.json()["code"] == "ORC-AUTH"
+    first = {"Authorization": f"Bearer {server.agent_token('first')}"}
+    second = {"Authorization": f"Bearer {server.agent_token('second')}"}
+    node = httpx.post(url, json=body, headers=first).json()["node_id"]
+    hb = server.url + "/api/v1/agent/heartbeat"
+    assert httpx.post(hb, json={"node_id": node}, headers=first).status_code == 200
+    stolen = httpx.post(hb, json={"node_id": node}, headers=second)
+    assert stolen.status_code == 403 and stolen.json()["code"] == "ORC-AUTH"
+    taken = httpx.post(url, json={**body, "node_id": node}, headers=second)
+    assert taken.status_code == 403
+    # An agent token can do nothing else.
+    jobs = httpx.get(server.url + "/api/v1/pipelines", headers=first)
+    assert jobs.status_code == 403
+    wrong = {"kind": "step_started", "assignment_id": "a", "job_id": "r.1", "args": {"index": -1}}
+    bogus = httpx.post(server.url + "/api/v1/agent/reports", headers=first,
+                       json={"node_id": node, "reports": [wrong]})  # fmt: skip
+    assert bogus.status_code == 422 and bogus.json()["code"] == "ORC-VALID"
+
+
+def test_repeated_stale_and_out_of_order_agent_posts_change_nothing(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    """A hand-driven agent: what a flaky network or a confused agent can send."""
+    server = start(procs, make_server(tmp_path))
+    assert isinstance(server, Server)
+    auth = {"Authorization": f"Bearer {server.agent_token('manual')}"}
+    http = httpx.Client(base_url=server.url + "/api/v1/agent", headers=auth, timeout=30)
+    node = http.post("/register", json={"name": "manual", "labels": ["manual"]}).json()
+    node_id = node["node_id"]
+    run_id = server.submit(
+        "name: manual\njobs:\n  only:\n    runs-on: manual\n    steps:\n      - run: echo hi\n"
+    )
+    first = http.get("/work", params={"node_id": node_id, "wait": 10}).json()
+    [offer] = first["messages"]
+    assert offer["kind"] == "assign"
+    # Not acknowledged (no cursor): the offer comes again; acknowledged: it is gone.
+    again = http.get("/work", params={"node_id": node_id, "wait": 0}).json()
+    assert again["messages"] == first["messages"]
+    acked = http.get("/work", params={"node_id": node_id, "cursor": first["cursor"], "wait": 0})
+    assert acked.json()["messages"] == []
+    aid, job_id = offer["assignment_id"], offer["job_id"]
+    accepted = http.post("/accept", json={"node_id": node_id, "assignment_id": aid,
+                                          "job_id": job_id, "worker_id": "w1"})  # fmt: skip
+    assert accepted.json()["assignment"]["job"]["steps"][0]["run"] == "echo hi"
+
+    def report(kind: str, **args: object) -> dict[str, object]:
+        return {"kind": kind, "assignment_id": aid, "job_id": job_id, "args": args}
+
+    line = {"stream": "stdout", "text": "hi", "ts": time.time()}
+    ok = {"outcome": "success", "exit_code": 0}
+    batch = [
+        report("worker_created", worker_id="w1", provider="local", info={}),
+        report("step_started", index=0, attempt=1),
+        report("logs", attempt=1, index=0, chunk=f"{job_id}:1:1", lines=[line]),
+        report("step_finished", index=0, attempt=1, result=ok),
+        report("worker_terminated", worker_id="w1", exit_code=0),
+        report("job_finished", result={"outcome": "success"}),
+    ]
+    for _ in range(3):  # the answer was lost twice: sent three times
+        answer = http.post("/reports", json={"node_id": node_id, "reports": batch})
+        assert answer.status_code == 200 and answer.json()["revoke"] == []
+    row = server.wait_run(run_id)
+    assert row["state"] == "SUCCEEDED"
+    assert server.logs(run_id).count("hi") == 1
+    # Out of order and stale: a failure for the finished attempt, a step start after the
+    # end, and reports for an assignment that is not the job's; none changes the run.
+    late = [
+        report("step_started", index=0, attempt=2),
+        report("job_finished", result={"outcome": "failure", "message": "late"}),
+    ]
+    assert http.post("/reports", json={"node_id": node_id, "reports": late}).status_code == 200
+    stale = [{**report("job_finished", result={"outcome": "failure"}), "assignment_id": "old"}]
+    answer = http.post("/reports", json={"node_id": node_id, "reports": stale}).json()
+    assert answer["revoke"] == ["old"]
+    beat = http.post("/heartbeat", json={"node_id": node_id, "running": {"old": job_id}})
+    assert beat.json()["revoke"] == ["old"]
+    after = server.run(run_id)
+    assert after["state"] == "SUCCEEDED" and after["jobs"][0]["state"] == "SUCCEEDED"
+    assert after["jobs"][0]["attempt"] == 1
