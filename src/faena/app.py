@@ -16,6 +16,7 @@ from faena.bus.relay import OutboxRelay
 from faena.domain.states import JobState
 from faena.orchestration.agent_gateway import AgentGateway
 from faena.orchestration.control_plane import InProcessControlPlane
+from faena.orchestration.debug import DebugBroker
 from faena.orchestration.dispatch import Dispatcher
 from faena.orchestration.logs import LogRecorder
 from faena.orchestration.orchestrator import Orchestrator
@@ -75,13 +76,19 @@ class App:
         )
         self.dispatcher = Dispatcher(self.bus, local=lambda node_id: node_id == NODE_ID)
         self.registry.on_lost(self.dispatcher.forget)
-        self.gateway = AgentGateway(self.orchestrator, self.logs)
         self.local = LocalProvider(
             settings.workspaces, keep_workspace=settings.keep_workspace, base_env=step_env()
         )
         self.provider: WorkerProvider = provider or self.local
         self.runner = JobRunner(self.provider, InProcessControlPlane(self.orchestrator, self.logs))
         self.local_agent = local_agent
+        self.debug = DebugBroker(
+            self.orchestrator,
+            self.dispatcher,
+            local_node=NODE_ID,
+            local=self.runner if local_agent else None,
+        )
+        self.gateway = AgentGateway(self.orchestrator, self.logs, self.debug)
         self.agent = EmbeddedAgent(self.bus, self.runner, node_id=NODE_ID)
 
     async def __aenter__(self) -> App:
@@ -178,6 +185,7 @@ def build_server(
 
     from faena.api.agents import agent_router
     from faena.api.app import create_api
+    from faena.api.debug import debug_router
     from faena.api.tokens import tokens_router
     from faena.security.tokens import (
         ADMIN,
@@ -211,6 +219,7 @@ def build_server(
                 dispatcher=system.dispatcher,
             ),
             partial(tokens_router, store=system.store, authenticator=authenticator),
+            partial(debug_router, broker=system.debug, store=system.store),
         ],
     )
     return api, system, created

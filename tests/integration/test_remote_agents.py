@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -259,3 +260,82 @@ def test_repeated_stale_and_out_of_order_agent_posts_change_nothing(
     after = server.run(run_id)
     assert after["state"] == "SUCCEEDED" and after["jobs"][0]["state"] == "SUCCEEDED"
     assert after["jobs"][0]["attempt"] == 1
+
+
+DEBUG_PIPELINE = """
+name: debug
+jobs:
+  broken:
+    debug:
+      pause-on-failure: 60s
+    env:
+      HINT: from-the-env
+    steps:
+      - run: mkdir -p out && echo half-done > out/state.txt && exit 3
+      - run: echo cleanup ran
+        if: always()
+"""
+
+
+@pytest.mark.parametrize("where", ["server's own node", "remote agent"])
+def test_a_paused_failed_job_takes_commands_then_resumes(
+    tmp_path: Path, procs: list[Proc], where: str
+) -> None:
+    server = start(procs, make_server(tmp_path, with_agent=where == "server's own node"))
+    assert isinstance(server, Server)
+    if where == "remote agent":
+        start(procs, make_agent(tmp_path, server, "debugger"))
+        wait_until(lambda: ready(server, "debugger"), what="agent registered")
+    run_id = server.submit(DEBUG_PIPELINE)
+    job_id = f"{run_id}.1"
+
+    def paused() -> bool:
+        return bool(server.run(run_id)["jobs"][0].get("paused_until"))
+
+    wait_until(paused, what="the job to pause")
+    assert server.http is not None
+
+    def exec_(command: str, exec_id: str) -> tuple[list[dict[str, object]], dict[str, object]]:
+        assert server.http is not None
+        body = {"run": run_id, "job": "broken", "command": command, "exec_id": exec_id}
+        r = server.http.post("/api/v1/exec", json=body)
+        assert r.status_code == 200, r.text
+        items = [json.loads(x) for x in r.text.splitlines() if x]
+        return items[:-1], items[-1]
+
+    lines, end = exec_("cat out/state.txt; echo $HINT; echo oops >&2; exit 7", "x1")
+    assert [(x["stream"], x["text"]) for x in lines] == [
+        ("stdout", "half-done"),
+        ("stdout", "from-the-env"),
+        ("stderr", "oops"),
+    ]
+    assert end["exit_code"] == 7
+    # The same exec id again: the same answer, the command not run twice.
+    again, end2 = exec_("cat out/state.txt; echo $HINT; echo oops >&2; exit 7", "x1")
+    assert again == lines and end2 == end
+    # Without exec:run, no exec.
+    reader = server.api("POST", "/api/v1/tokens", json={"name": "r", "scopes": ["job:read"]})
+    denied = httpx.post(server.url + "/api/v1/exec", json={"job": job_id, "command": "id"},
+                        headers={"Authorization": f"Bearer {reader['token']}"})  # fmt: skip
+    assert denied.status_code == 403
+    resumed = server.http.post("/api/v1/exec", json={"job": job_id, "resume": True})
+    assert resumed.status_code == 202
+    row = server.wait_run(run_id)
+    assert row["state"] == "FAILED" and row["jobs"][0]["error_code"] == "EXEC-FAILED"
+    out = server.logs(run_id)
+    assert "cleanup ran" in out and any("paused for debugging" in x for x in out)
+    # Not paused any more: exec is refused with a clear reason.
+    late = server.http.post("/api/v1/exec", json={"job": job_id, "command": "true"})
+    assert late.status_code == 409 and "not paused" in late.json()["detail"]
+    # The audit trail: who ran what, and how it ended, once.
+    audit = []
+    params = {"run": run_id, "subject": "ci.exec.>"}
+    with server.http.stream("GET", "/api/v1/events", params=params) as events:
+        for raw in events.iter_lines():
+            if raw.startswith("data: "):
+                audit.append(json.loads(raw[6:]))
+            if len(audit) == 2:
+                break
+    started, finished = audit
+    assert started["payload"]["by"] == "admin" and "exit 7" in started["payload"]["command"]
+    assert finished["payload"]["exit_code"] == 7

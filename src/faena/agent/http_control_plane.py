@@ -186,6 +186,21 @@ class HttpControlPlane:
         }
         self._queue("logs", "-", job_id, args)
 
+    async def job_paused(self, assignment_id: str, job_id: str, until: float) -> None:
+        self._queue("job_paused", assignment_id, job_id, {"until": until})
+        await self.drain()
+
+    async def job_resumed(self, assignment_id: str, job_id: str, reason: str) -> None:
+        self._queue("job_resumed", assignment_id, job_id, {"reason": reason})
+
+    def exec_output(self, exec_id: str, job_id: str, lines: list[OutputLine]) -> None:
+        """Output of a debugging command (``faena exec``), for the server to stream."""
+        self._queue("exec_output", "-", job_id, {"exec_id": exec_id, "lines": [
+            {"stream": ln.stream, "text": ln.text, "ts": ln.ts} for ln in lines]})  # fmt: skip
+
+    def exec_finished(self, exec_id: str, job_id: str, exit_code: int) -> None:
+        self._queue("exec_finished", "-", job_id, {"exec_id": exec_id, "exit_code": exit_code})
+
     async def job_finished(self, assignment_id: str, job_id: str, result: JobResult) -> None:
         self._queue("job_finished", assignment_id, job_id, {"result": asdict(result)})
         await self.drain()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -19,7 +20,8 @@ import httpx
 from faena import __version__
 from faena.agent.http_control_plane import HttpControlPlane, NodeUnknown, Rejected
 from faena.agent.runner import JobRunner
-from faena.workers.port import WorkerProvider
+from faena.domain.errors import FaenaError
+from faena.workers.port import OutputLine, WorkerProvider
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class RemoteAgent:
         self._job_ids: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._execs: set[str] = set()
+        self._debugging: set[asyncio.Task[None]] = set()
 
     async def register(self) -> None:
         """Register the node (again, keeping its id); retries until the server answers."""
@@ -180,6 +184,26 @@ class RemoteAgent:
                     self._take(m["assignment_id"], m["job_id"])
                 elif m["kind"] == "revoke":
                     await self.runner.revoke(m["assignment_id"])
+                elif m["kind"] == "resume":
+                    await self.runner.resume(m["assignment_id"])
+                elif m["kind"] == "exec" and m["exec_id"] not in self._execs:
+                    self._execs.add(m["exec_id"])
+                    task = asyncio.create_task(self._debug_exec(m))
+                    self._debugging.add(task)
+                    task.add_done_callback(self._debugging.discard)
+
+    async def _debug_exec(self, m: dict[str, str]) -> None:
+        exec_id, job_id = m["exec_id"], m["job_id"]
+
+        async def sink(line: OutputLine) -> None:
+            self.control.exec_output(exec_id, job_id, [line])
+
+        try:
+            code = await self.runner.debug_exec(m["assignment_id"], exec_id, m["command"], sink)
+        except FaenaError as exc:
+            await sink(OutputLine("stderr", f"[faena] {exc.message}", time.time()))
+            code = 125
+        self.control.exec_finished(exec_id, job_id, code)
 
     def _take(self, assignment_id: str, job_id: str) -> None:
         if assignment_id in self._jobs:

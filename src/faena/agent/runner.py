@@ -20,7 +20,7 @@ from faena.agent.hashfiles import hash_files
 from faena.agent.port import ControlPlane
 from faena.domain import expressions
 from faena.domain.assignment import Assignment, JobResult, StepResult
-from faena.domain.errors import ErrorCode
+from faena.domain.errors import ErrorCode, FaenaError
 from faena.domain.events import new_id
 from faena.domain.progress import condition, display_name
 from faena.domain.spec import StepSpec
@@ -29,6 +29,7 @@ from faena.workers.port import (
     ExecRequest,
     ExecResult,
     OutputLine,
+    OutputSink,
     PathEscapeError,
     ProviderError,
     Worker,
@@ -48,6 +49,11 @@ class _Live:
     revoked: bool = False
     # Set on revocation: wakes a step waiting out its retry back-off.
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # Debugging a failed step: its last exec (env, shell, directory) and the pause.
+    last: ExecRequest | None = None
+    paused_until: float | None = None
+    paused_once: bool = False
+    resume: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -133,6 +139,57 @@ class JobRunner:
         live.wakeup.set()
         if live.worker is not None and live.exec_id is not None:
             await self._provider.cancel(live.worker, live.exec_id)
+
+    async def resume(self, assignment_id: str) -> None:
+        """End the debugging pause of this assignment's job, if it is paused here."""
+        live = self._live.get(assignment_id)
+        if live is not None:
+            live.resume.set()
+
+    async def debug_exec(
+        self, assignment_id: str, exec_id: str, command: str, sink: OutputSink
+    ) -> int:
+        """Run ``command`` in the kept worker of a paused job, with the failed step's env
+        and directory; returns its exit code (124 if the pause ended first)."""
+        live = self._live.get(assignment_id)
+        if live is None or live.paused_until is None or live.worker is None:
+            raise FaenaError("the job is not paused here", code=ErrorCode.ORC_STATE)
+        last = live.last
+        request = ExecRequest(
+            exec_id=f"debug-{exec_id}",
+            script=command,
+            shell=last.shell if last else None,
+            env=dict(last.env) if last else {},
+            working_directory=last.working_directory if last else None,
+            timeout=max(live.paused_until - time.time(), 0.001),
+        )
+        result = await self._provider.exec(live.worker, request, sink)
+        return 124 if result.timed_out else result.exit_code
+
+    async def _pause(self, a: Assignment, live: _Live, buf: LogBuffer) -> None:
+        live.paused_once = True
+        until = time.time() + a.pause_on_failure
+        live.paused_until = until
+        await self._control.job_paused(a.assignment_id, a.job_id, until)
+        ref = f"{a.run_id} {a.job_id}"
+        workspace = live.worker.workspace if live.worker else "?"
+        await buf.note(
+            f"paused for debugging for {a.pause_on_failure:g}s, workspace kept at {workspace}; "
+            f"on a server: faena exec {ref} -- CMD, and faena exec --resume {ref} to end it"
+        )
+        await buf.flush()
+        waits = [asyncio.create_task(live.resume.wait()), asyncio.create_task(live.wakeup.wait())]
+        try:
+            await asyncio.wait(waits, timeout=a.pause_on_failure,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            for t in waits:
+                t.cancel()
+        reason = "cancelled" if live.revoked else "resumed" if live.resume.is_set() else "timeout"
+        live.paused_until = None
+        await buf.note(f"pause ended ({reason}); the job finishes as failed")
+        await buf.flush()
+        await self._control.job_resumed(a.assignment_id, a.job_id, reason)
 
     async def run(self, assignment_id: str, job_id: str) -> None:
         """Run the assignment to the end and report it; never raises for job failures."""
@@ -325,6 +382,8 @@ class JobRunner:
             st.failed = True
             st.error_code = outcome.error_code
             st.message = f"step '{display_name(step.name, ctx)}': {outcome.message}"
+            if a.pause_on_failure > 0 and not live.paused_once:
+                await self._pause(a, live, buf)
         st.steps[step.id or f"_{index}"] = {
             "outcome": outcome.outcome,
             "conclusion": conclusion,
@@ -382,6 +441,7 @@ class JobRunner:
             timeout=timeout,
         )
         live.exec_id = exec_id
+        live.last = request
         try:
             result = await self._provider.exec(worker, request, buf.add)
         except PathEscapeError as exc:

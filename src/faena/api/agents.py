@@ -62,6 +62,10 @@ Kind = Literal[
     "step_started",
     "step_finished",
     "step_skipped",
+    "job_paused",
+    "job_resumed",
+    "exec_output",
+    "exec_finished",
     "job_finished",
 ]
 
@@ -149,6 +153,24 @@ class _JobFinished(_Body):
     result: _JobResult
 
 
+class _JobPaused(_Body):
+    until: float
+
+
+class _JobResumed(_Body):
+    reason: Annotated[str, Field(max_length=64)]
+
+
+class _ExecOutput(_Body):
+    exec_id: Id
+    lines: Annotated[list[_Line], Field(max_length=5000)]
+
+
+class _ExecFinished(_Body):
+    exec_id: Id
+    exit_code: int
+
+
 _ARGS: dict[str, type[_Body]] = {
     "logs": _Logs,
     "worker_created": _WorkerCreated,
@@ -157,6 +179,10 @@ _ARGS: dict[str, type[_Body]] = {
     "step_started": _StepStarted,
     "step_finished": _StepFinished,
     "step_skipped": _StepSkipped,
+    "job_paused": _JobPaused,
+    "job_resumed": _JobResumed,
+    "exec_output": _ExecOutput,
+    "exec_finished": _ExecFinished,
     "job_finished": _JobFinished,
 }
 

@@ -16,9 +16,25 @@ from faena.settings import Settings
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def run_command(file: Path, *, jobs: int | None, json_out: bool, keep_workspace: bool) -> int:
+def run_command(
+    file: Path,
+    *,
+    jobs: int | None,
+    json_out: bool,
+    keep_workspace: bool,
+    pause_on_failure: str | None = None,
+) -> int:
     from faena.cli.validate import print_issues
+    from faena.domain.durations import parse_duration
     from faena.spec import load_pipeline
+
+    pause = None
+    if pause_on_failure is not None:
+        try:
+            pause = parse_duration(pause_on_failure)
+        except ValueError as exc:
+            print(f"error: --pause-on-failure: {exc}", file=sys.stderr)
+            return EXIT_INVALID
 
     try:
         spec = load_pipeline(file)
@@ -27,6 +43,8 @@ def run_command(file: Path, *, jobs: int | None, json_out: bool, keep_workspace:
         return EXIT_INVALID
     # Jobs find the pipeline's directory in FAENA_SOURCE_DIR, whatever the cwd.
     spec = replace(spec, source=str(file.resolve()))
+    if pause is not None:
+        spec = replace(spec, pause_on_failure=pause)
     unenforced = sorted(
         {f for j in spec.jobs.values() for f, used in
          (("runs-on", j.runs_on), ("image", j.image), ("resources", j.resources != Resources()))

@@ -29,6 +29,8 @@ class Assignment:
     shell: str | None = None
     working_directory: str | None = None
     tenant_id: str = "default"
+    # Seconds a failed step's worker stays alive for debugging (0: not at all).
+    pause_on_failure: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,11 @@ CATALOGUE: dict[str, EventType] = {
         _t("ci.job.v1.cancelled", "JobCancelled", "job_id reason", "job_id"),
         _t("ci.job.v1.skipped", "JobSkipped", "job_id reason", "job_id"),
         _t("ci.job.v1.expanded", "JobExpanded", "job_id jobs", "job_id", False),
+        # Debugging a failed job: the worker kept alive, and commands run in it (audit).
+        _t("ci.job.v1.paused", "JobPaused", "job_id attempt until", "job_id attempt", False),
+        _t("ci.job.v1.resumed", "JobResumed", "job_id attempt reason", "job_id attempt", False),
+        _t("ci.exec.v1.started", "ExecStarted", "exec_id job_id command by", "exec_id", False),
+        _t("ci.exec.v1.finished", "ExecFinished", "exec_id job_id exit_code", "exec_id", False),
         # Scheduling.
         _t(
             "ci.assignment.v1.created",

@@ -60,6 +60,7 @@ class JobRun:
     error_code: str | None = None
     message: str | None = None
     cancel_requested: bool = False
+    paused_until: float | None = None  # a failed step's worker kept for `faena exec`
     outputs: dict[str, str] = field(default_factory=dict)
     steps: list[StepRun] = field(default_factory=list)
 
@@ -270,6 +271,8 @@ def _job_to(run: PipelineRun, job: JobRun, target: JobState) -> None:
         run._waiting[job.job_id] = None
     if job.state.terminal != target.terminal:
         run._open += -1 if target.terminal else 1
+    if target is not JobState.RUNNING:
+        job.paused_until = None
     job.state = target
 
 
@@ -379,6 +382,22 @@ def _job_requested(run: PipelineRun, p: dict[str, Any], ts: float) -> list[str]:
     job.cancel_requested = False
     job.outputs = {}
     job.steps = job.fresh_steps()
+    return [job.job_id]
+
+
+@_on("ci.job.v1.paused")
+def _job_paused(run: PipelineRun, p: dict[str, Any], ts: float) -> list[str]:
+    job = run.job(p["job_id"])
+    if job.state is JobState.RUNNING and int(p["attempt"]) == job.attempt:
+        job.paused_until = float(p["until"])
+    return [job.job_id]
+
+
+@_on("ci.job.v1.resumed")
+def _job_resumed(run: PipelineRun, p: dict[str, Any], ts: float) -> list[str]:
+    job = run.job(p["job_id"])
+    if int(p["attempt"]) == job.attempt:
+        job.paused_until = None
     return [job.job_id]
 
 

@@ -97,6 +97,8 @@ class JobSpec:
     shell: str | None = None
     working_directory: str | None = None
     continue_on_error: bool = False
+    # Seconds to keep a failed step's worker alive for `faena exec` (debug: pause-on-failure).
+    pause_on_failure: float | None = None
     # Set on jobs produced by matrix expansion.
     matrix: dict[str, Any] = field(default_factory=dict)
     template: str | None = None
@@ -112,6 +114,7 @@ class PipelineSpec:
     shell: str | None = None
     working_directory: str | None = None
     source: str = ""
+    pause_on_failure: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; ``from_dict`` gives the same spec back."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from faena.domain.assignment import Assignment, job_result_from_dict, step_result_from_dict
 from faena.orchestration.control_plane import InProcessControlPlane
+from faena.orchestration.debug import DebugBroker
 from faena.orchestration.logs import LogRecorder
 from faena.orchestration.orchestrator import Orchestrator
 from faena.workers.port import OutputLine
@@ -30,9 +31,10 @@ class Report:
 
 
 class AgentGateway:
-    def __init__(self, orchestrator: Orchestrator, logs: LogRecorder) -> None:
+    def __init__(self, orchestrator: Orchestrator, logs: LogRecorder, debug: DebugBroker) -> None:
         self._o = orchestrator
         self._logs = logs
+        self._debug = debug
         self._cp = InProcessControlPlane(orchestrator, logs)
 
     async def accept(self, assignment_id: str, job_id: str, worker_id: str) -> Assignment | None:
@@ -45,7 +47,8 @@ class AgentGateway:
             await self._one(r)
         await self._logs.flush()
         await self._o.barrier()
-        return await self.revocations({r.assignment_id: r.job_id for r in reports})
+        placed = {r.assignment_id: r.job_id for r in reports if r.assignment_id != "-"}
+        return await self.revocations(placed)
 
     async def revocations(self, running: dict[str, str]) -> list[str]:
         """Which of these assignments (id -> job id) the agent must stop."""
@@ -72,6 +75,15 @@ class AgentGateway:
             await cp.step_finished(a, j, args["index"], args["attempt"], result)
         elif r.kind == "step_skipped":
             await cp.step_skipped(a, j, args["index"], args["reason"])
+        elif r.kind == "job_paused":
+            await cp.job_paused(a, j, args["until"])
+        elif r.kind == "job_resumed":
+            await cp.job_resumed(a, j, args["reason"])
+        elif r.kind == "exec_output":
+            lines = [OutputLine(x["stream"], x["text"], x["ts"]) for x in args["lines"]]
+            await self._debug.output(args["exec_id"], lines)
+        elif r.kind == "exec_finished":
+            await self._debug.finished(args["exec_id"], j, args["exit_code"])
         elif r.kind == "job_finished":
             await cp.job_finished(a, j, job_result_from_dict(args["result"]))
         else:

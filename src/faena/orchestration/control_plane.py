@@ -59,6 +59,13 @@ class InProcessControlPlane:
     ) -> None:
         await self._logs.record(run_id, job_id, attempt, index, lines)
 
+    async def job_paused(self, assignment_id: str, job_id: str, until: float) -> None:
+        await self._logs.flush()
+        await self._o.job_paused(assignment_id, job_id, until)
+
+    async def job_resumed(self, assignment_id: str, job_id: str, reason: str) -> None:
+        await self._o.job_resumed(assignment_id, job_id, reason)
+
     async def job_finished(self, assignment_id: str, job_id: str, result: JobResult) -> None:
         await self._logs.flush()
         await self._o.job_finished(assignment_id, job_id, result)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from faena.bus.port import EventBus, Subscription
 from faena.domain.events import Event, new_id
 
-Kind = Literal["assign", "revoke"]
+Kind = Literal["assign", "revoke", "exec", "resume"]
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,15 @@ class Message:
     kind: Kind
     assignment_id: str
     job_id: str
+    data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "assignment_id": self.assignment_id, "job_id": self.job_id}
+        return {
+            "kind": self.kind,
+            "assignment_id": self.assignment_id,
+            "job_id": self.job_id,
+            **self.data,
+        }
 
 
 @dataclass
@@ -67,12 +73,20 @@ class Dispatcher:
         elif event.subject == "ci.assignment.v1.revoked" and p.get("assignment_id"):
             self.post(node_id, "revoke", p["assignment_id"], p["job_id"])
 
-    def post(self, node_id: str, kind: Kind, assignment_id: str, job_id: str) -> None:
+    def post(
+        self,
+        node_id: str,
+        kind: Kind,
+        assignment_id: str,
+        job_id: str,
+        data: dict[str, Any] | None = None,
+    ) -> None:
         box = self._boxes.setdefault(node_id, _Mailbox())
-        if any(m.kind == kind and m.assignment_id == assignment_id for m in box.messages):
+        message = Message(0, kind, assignment_id, job_id, dict(data or {}))
+        if any(m.to_dict() == message.to_dict() for m in box.messages):
             return  # a redelivered event
         box.seq += 1
-        box.messages.append(Message(box.seq, kind, assignment_id, job_id))
+        box.messages.append(Message(box.seq, kind, assignment_id, job_id, message.data))
         box.wake.set()
 
     def forget(self, node_id: str) -> None:

@@ -570,6 +570,12 @@ class Orchestrator:
                 shell=h.spec.shell,
                 working_directory=h.spec.working_directory,
                 tenant_id=h.run.tenant_id,
+                pause_on_failure=float(
+                    spec.pause_on_failure
+                    or h.spec.pause_on_failure
+                    or h.run.options.get("pause_on_failure")
+                    or 0.0
+                ),
             )
 
         return await self._fenced_call(assignment_id, job_id, command, None)
@@ -737,6 +743,47 @@ class Orchestrator:
             )
 
         await self._fenced_call(assignment_id, job_id, command, None)
+
+    async def job_paused(self, assignment_id: str, job_id: str, until: float) -> None:
+        """A failed step's worker is kept for debugging until ``until`` (epoch seconds)."""
+
+        def command(tx: _Tx, h: _Handle, job: JobRun) -> None:
+            if job.state is JobState.RUNNING and job.paused_until is None:
+                tx.emit(h, "ci.job.v1.paused",
+                        {"job_id": job_id, "attempt": job.attempt, "until": until})  # fmt: skip
+
+        await self._fenced_call(assignment_id, job_id, command, None)
+
+    async def job_resumed(self, assignment_id: str, job_id: str, reason: str) -> None:
+        def command(tx: _Tx, h: _Handle, job: JobRun) -> None:
+            if job.paused_until is not None:
+                tx.emit(h, "ci.job.v1.resumed",
+                        {"job_id": job_id, "attempt": job.attempt, "reason": reason})  # fmt: skip
+
+        await self._fenced_call(assignment_id, job_id, command, None)
+
+    async def paused_job(self, job_id: str) -> JobRun:
+        """The job, if it is paused for debugging now; raises ORC-STATE otherwise."""
+        h = await self._load(run_of(job_id))
+        job = h.run.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        if job.paused_until is None or job.state is not JobState.RUNNING:
+            raise FaenaError(
+                f"job {job.name} is not paused for debugging ({job.state.value}); run it with "
+                "debug: pause-on-failure or --pause-on-failure, and exec once a step failed",
+                code=ErrorCode.ORC_STATE,
+            )
+        return job
+
+    async def exec_audit(self, job_id: str, subject: str, payload: dict[str, Any]) -> None:
+        """Record a debugging command (``ci.exec.v1.started``/``finished``) in the run's log."""
+        h = await self._load(run_of(job_id))
+
+        def command(tx: _Tx) -> None:
+            tx.emit(h, subject, {**payload, "job_id": job_id})
+
+        await self._call(command)
 
     async def job_finished(self, assignment_id: str, job_id: str, result: JobResult) -> None:
         """The agent's final word on a job attempt; applies the job's retry policy."""

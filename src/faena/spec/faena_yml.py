@@ -49,9 +49,13 @@ SHELLS = ("bash", "sh", "python", "pwsh")
 STEP_NAME_MAX = 60
 MAX_ATTEMPTS = 100
 
-PIPELINE_FIELDS = ("name", "on", "env", "defaults", "jobs")
+PIPELINE_FIELDS = ("name", "on", "env", "defaults", "debug", "jobs")
+DEBUG_FIELDS = ("pause-on-failure",)
+DEFAULT_PAUSE = 600.0
+MAX_PAUSE = 24 * 3600.0
 JOB_FIELDS = (
     "name",
+    "debug",
     "needs",
     "steps",
     "env",
@@ -333,6 +337,7 @@ class _Reader:
         shell, working_directory = None, None
         if "defaults" in items:
             shell, working_directory = self.defaults(items["defaults"], "defaults", scope)
+        pause = self.debug(items["debug"], "debug") if "debug" in items else None
         jobs = self.jobs(root)
         return PipelineSpec(
             name=name,
@@ -341,7 +346,26 @@ class _Reader:
             shell=shell,
             working_directory=working_directory,
             source=self.filename,
+            pause_on_failure=pause,
         )
+
+    def debug(self, node: Node, path: str) -> float | None:
+        """``debug: pause-on-failure`` (10 minutes) or ``debug: {pause-on-failure: 30m}``."""
+        if isinstance(node, ScalarNode) and node.value == "pause-on-failure":
+            return DEFAULT_PAUSE
+        if not isinstance(node, MappingNode):
+            self.expected(node, path, "'pause-on-failure' or {pause-on-failure: DURATION}")
+            return None
+        debug = self.mapping(node, path, DEBUG_FIELDS)
+        if debug is None or "pause-on-failure" not in debug.items:
+            return None
+        where = f"{path}.pause-on-failure"
+        value = debug.items["pause-on-failure"]
+        seconds = self.quantity(value, where, parse_duration)
+        if seconds is not None and not 0 < seconds <= MAX_PAUSE:
+            self.issue(value, where, "must be more than 0 and at most 24h")
+            return None
+        return seconds
 
     def env(self, node: Node, path: str, scope: _Scope) -> dict[str, str]:
         """A map of names to strings; scalar values become text (``true`` -> ``'true'``)."""
@@ -508,6 +532,7 @@ class _Reader:
             where = f"{path}.continue-on-error"
             continue_on_error = bool(self.boolean(items["continue-on-error"], where))
         shell, working_directory = self.job_shell(job, path, scope)
+        pause = self.debug(items["debug"], f"{path}.debug") if "debug" in items else None
         return JobSpec(
             key=key,
             name=name,
@@ -525,6 +550,7 @@ class _Reader:
             shell=shell,
             working_directory=working_directory,
             continue_on_error=continue_on_error,
+            pause_on_failure=pause,
         )
 
     def job_shell(

@@ -979,3 +979,36 @@ def test_unterminated_expressions() -> None:
         "faena.yml:5:19 jobs.a.steps[0].run: invalid expression: unterminated '${{' "
         "(missing '}}') (at character 6)",
     ]
+
+
+def test_debug_pause_on_failure_at_pipeline_and_job_level() -> None:
+    spec = parse(
+        """
+debug: pause-on-failure
+jobs:
+  a:
+    steps: [{run: "true"}]
+  b:
+    debug: {pause-on-failure: 30m}
+    steps: [{run: "true"}]
+"""
+    )
+    assert spec.pause_on_failure == 600.0
+    assert spec.jobs["a"].pause_on_failure is None
+    assert spec.jobs["b"].pause_on_failure == 1800.0
+
+
+@pytest.mark.parametrize(
+    ("debug", "message"),
+    [
+        ("pause", "expected 'pause-on-failure' or {pause-on-failure: DURATION}"),
+        ("{pause-on-failure: 0s}", "must be more than 0 and at most 24h"),
+        ("{pause-on-failure: 2d}", "must be more than 0 and at most 24h"),
+        ("{pause-on-failure: soon}", "invalid duration"),
+        ("{pause-on-fail: 1m}", "unknown field 'pause-on-fail'"),
+    ],
+)
+def test_debug_errors_name_the_place(debug: str, message: str) -> None:
+    found = issues(f"jobs:\n  a:\n    debug: {debug}\n    steps: [{{run: 'true'}}]\n")
+    assert found and message in found[0].message, found
+    assert found[0].path.startswith("jobs.a.debug") and found[0].line == 3
