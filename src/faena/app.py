@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 from collections.abc import Mapping
 from types import TracebackType
@@ -29,6 +31,7 @@ from faena.workers.port import Worker, WorkerProvider
 from faena.workers.providers.local import LocalProvider
 
 NODE_ID = "local"
+log = logging.getLogger(__name__)
 
 
 def step_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -168,10 +171,29 @@ def build_agent(settings: Settings, config: AgentConfig, provider: str) -> Remot
     """A remote agent running jobs through the named provider."""
     if provider != "local":
         raise SettingsError(f"--provider {provider!r}: this version has the 'local' provider only")
+    home = settings.home / "agent"
+    home.mkdir(parents=True, exist_ok=True)
+    lock = (home / "lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise SettingsError(
+            f"another faena agent runs with FAENA_HOME={settings.home}; give each agent its own"
+        ) from None
     local = LocalProvider(
-        settings.workspaces, keep_workspace=settings.keep_workspace, base_env=step_env()
+        home / "workspaces", keep_workspace=settings.keep_workspace, base_env=step_env()
     )
-    return RemoteAgent(config, local)
+
+    async def prepare() -> None:
+        # A killed agent leaves its jobs' processes behind: they must not run on.
+        swept = await local.sweep_leftovers()
+        if swept:
+            log.warning("removed %d worker(s) a previous agent left behind", swept)
+
+    agent = RemoteAgent(config, local, prepare=prepare)
+    agent.keep_open = lock  # the lock lives as long as the agent
+    return agent
 
 
 def build_server(

@@ -37,6 +37,15 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "\nState:\tZ" not in status
+
+
 def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
     """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
     deadline = time.monotonic() + timeout

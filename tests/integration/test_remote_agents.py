@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from remote_harness import Proc, Server, make_agent, make_server, wait_until
+from remote_harness import Proc, Server, make_agent, make_server, pid_alive, wait_until
 
 
 @pytest.fixture
@@ -91,7 +91,8 @@ def test_a_job_whose_agent_is_killed_finishes_on_the_other(
         for name in ("one", "two")
     }
     wait_until(lambda: ready(server, "one", "two"), what="both agents registered")
-    marker = tmp_path / "attempts"
+    pids = tmp_path / "pids"
+    pids.mkdir()
     run_id = server.submit(
         f"""
 name: survive
@@ -99,13 +100,17 @@ jobs:
   long:
     runs-on: pool
     steps:
-      - run: echo "attempt $FAENA_JOB_ATTEMPT" >> {marker}; echo started; sleep 2; echo finished
+      - run: |
+          echo $$ > {pids}/attempt-$FAENA_RUN_ATTEMPT
+          if [ "$FAENA_RUN_ATTEMPT" = 1 ]; then sleep 120; fi
+          echo finished
 """
     )
+    first = pids / "attempt-1"
 
     def running_on() -> str | None:
         job = server.run(run_id)["jobs"][0]
-        return str(job["node_id"]) if job["state"] == "RUNNING" and marker.exists() else None
+        return str(job["node_id"]) if job["state"] == "RUNNING" and first.exists() else None
 
     node = wait_until(running_on, what="the job to start")
     victim = node_names(server)[node]
@@ -123,10 +128,16 @@ jobs:
     job = row["jobs"][0]
     assert node_names(server)[str(job["node_id"])] != victim
     assert job["attempt"] == 2  # a platform retry, not one of the job's own attempts
-    lost = {n["name"]: n["state"] for n in server.nodes()}
-    assert lost[victim] == "lost"
+    assert {n["name"]: n["state"] for n in server.nodes()}[victim] == "lost"
     # Heartbeats every 0.3 s, lost after 3 missed: the move takes about a second.
     print(f"failover after kill -9: {failover:.2f}s")
+    # The killed agent's step still runs; the agent, started again, ends it.
+    orphan = int(first.read_text())
+    assert pid_alive(orphan)
+    again = agents[victim]
+    again.start()
+    wait_until(lambda: not pid_alive(orphan), what="the orphaned step to be killed")
+    wait_until(lambda: ready(server, victim), what="the agent to be back")
 
 
 def test_the_server_restarts_mid_run_and_the_run_completes(

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -45,8 +46,11 @@ class RemoteAgent:
         provider: WorkerProvider,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
+        self._prepare = prepare
+        self.keep_open: object = None
         self._provider = provider
         self._client = httpx.AsyncClient(
             base_url=config.server.rstrip("/"),
@@ -93,6 +97,8 @@ class RemoteAgent:
             )
 
     async def start(self) -> None:
+        if self._prepare is not None:
+            await self._prepare()
         await self.register()
         self.control.start()
         self._tasks = [

@@ -198,3 +198,66 @@ class FifoScheduler:
                     node.node_id,
                 ):
                     self._release(item.job_id)
+
+    # -- placing on request (POST /schedule) ---------------------------------------------
+
+    def queued_job(self, job_id: str) -> tuple[int, frozenset[str]] | None:
+        """The attempt and ``runs-on`` labels of a job waiting in the queue, or None
+        (not queued: unknown, placed, or still waiting out its retry back-off)."""
+        for item in self._queue:
+            if item.job_id == job_id:
+                return item.attempt, item.runs_on
+        return None
+
+    def placed_on(self, job_id: str) -> str | None:
+        """The node holding a slot for the job, or None."""
+        held = self._held.get(job_id)
+        return held[1] if held is not None else None
+
+    def where(self, job_id: str) -> tuple[str | None, str | None]:
+        """Dry run of ``place_now``: (the node it would take now, None), or (None, why not).
+        Changes nothing."""
+        node_id = self.placed_on(job_id)
+        if node_id is not None:
+            return node_id, None
+        queued = self.queued_job(job_id)
+        if queued is None:
+            return None, f"job {job_id} is not in the queue"
+        node = self._pick(queued[1])
+        if node is not None:
+            return node.node_id, None
+        return None, self.explain(queued[1]) or "no node can take it now"
+
+    async def place_now(self, job_id: str) -> tuple[str | None, str | None]:
+        """Place one queued job now, ahead of the FIFO order, if a node can take it.
+
+        Returns (node id, None) once the job holds a slot (also when it already did:
+        idempotent by job id), or (None, why not) leaving everything as it was.
+        """
+        async with self._placing:
+            node_id = self.placed_on(job_id)
+            if node_id is not None:
+                return node_id, None
+            index = next((i for i, q in enumerate(self._queue) if q.job_id == job_id), None)
+            if index is None:
+                return None, f"job {job_id} is not in the queue"
+            item = self._queue[index]
+            node = self._pick(item.runs_on)
+            if node is None:
+                return None, self.explain(item.runs_on) or "no node can take it now"
+            del self._queue[index]
+            self._held[item.job_id] = (item.attempt, node.node_id)
+            node.held.add(item.job_id)
+            try:
+                assignment = await self._recorder.create_assignment(
+                    item.job_id, item.attempt, node.node_id, POLICY
+                )
+            except Exception:
+                self._release(item.job_id)
+                self._queue.insert(index, item)
+                raise
+            if assignment is None:
+                if self._held.get(item.job_id) == (item.attempt, node.node_id):
+                    self._release(item.job_id)
+                return None, f"job {job_id} no longer waits for a placement"
+            return node.node_id, None

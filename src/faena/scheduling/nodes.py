@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 5.0
 MISSED_HEARTBEATS = 3
+LOST_SHOWN = 3600.0
 
 
 class UnknownNode(NotFound):
@@ -192,10 +193,13 @@ class NodeRegistry:
 
     async def check(self) -> None:
         """Lose every node silent for longer than ``missed`` heartbeat intervals."""
-        deadline = self._clock() - self.interval * self.missed
+        now = self._clock()
+        deadline = now - self.interval * self.missed
         for node in list(self.nodes.values()):
             if node.heartbeats and node.state != "lost" and node.last_seen < deadline:
                 await self._lose(node, f"node {node.name} missed {self.missed} heartbeats")
+            elif node.state == "lost" and node.last_seen < now - LOST_SHOWN:
+                del self.nodes[node.node_id]  # listed a while, so people see what happened
 
     async def _lose(self, node: Node, message: str) -> None:
         node.state = "lost"

@@ -317,6 +317,20 @@ class LocalProvider:
             raise ProviderError(f"cannot remove worker {worker_id!r}: {exc}") from exc
         return None
 
+    async def sweep_leftovers(self) -> int:
+        """Destroy the workers a killed predecessor left in this root (their processes
+        too); returns how many. Only for a root this process owns alone."""
+        if not self._root.is_dir():
+            return 0
+        names = [
+            entry.name
+            for entry in self._root.iterdir()
+            if entry.is_dir() and not entry.name.startswith(".") and entry.name != _TRASH
+        ]
+        for name in names:
+            await self.destroy(Worker(name, self.name, ""))
+        return len(names)
+
     async def close(self) -> None:
         """Finish removing destroyed workspaces (including a previous process's leftovers)."""
         if self._removals:
