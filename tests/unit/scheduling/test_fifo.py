@@ -88,7 +88,7 @@ async def test_places_in_order_within_the_slots(bus: MemoryBus) -> None:
 
 async def test_duplicate_deliveries_are_placed_once(bus: MemoryBus) -> None:
     rec = FakeRecorder()
-    sched = await scheduler(bus, rec, slots=4)
+    await scheduler(bus, rec, slots=4)
     e = requested("r.1")
     await bus.publish([e, e, e])
     await bus.drain()
@@ -97,7 +97,7 @@ async def test_duplicate_deliveries_are_placed_once(bus: MemoryBus) -> None:
 
 async def test_a_retry_is_a_new_attempt_and_frees_the_old_slot(bus: MemoryBus) -> None:
     rec = FakeRecorder()
-    sched = await scheduler(bus, rec, slots=1)
+    await scheduler(bus, rec, slots=1)
     await bus.publish([requested("r.1"), requested("r.2")])
     await bus.drain()
     await bus.publish([requested("r.1", attempt=2)])  # re-queued: node lost, retry
@@ -110,7 +110,7 @@ async def test_a_retry_is_a_new_attempt_and_frees_the_old_slot(bus: MemoryBus) -
 
 async def test_not_before_delays_placement(bus: MemoryBus) -> None:
     rec = FakeRecorder()
-    sched = await scheduler(bus, rec, slots=1)
+    await scheduler(bus, rec, slots=1)
     await bus.publish([requested("r.1", not_before=time.time() + 0.2)])
     await bus.drain()
     assert rec.placed == []
