@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faena.agent.embedded import EmbeddedAgent
 from faena.agent.remote import AgentConfig, RemoteAgent
@@ -29,6 +29,9 @@ from faena.store.port import Store
 from faena.store.sql import SqlStore
 from faena.workers.port import Worker, WorkerProvider
 from faena.workers.providers.local import LocalProvider
+
+if TYPE_CHECKING:
+    from faena.telemetry.metrics import Metrics, MetricsRecorder
 
 NODE_ID = "local"
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class App:
         store: Store | None = None,
         provider: WorkerProvider | None = None,
         local_agent: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store: Store = store or open_store(settings)
@@ -92,6 +96,12 @@ class App:
             local=self.runner if local_agent else None,
         )
         self.gateway = AgentGateway(self.orchestrator, self.logs, self.debug)
+        self.recorder: MetricsRecorder | None = None
+        if metrics is not None:
+            # Imported here: prometheus_client costs ~0.1 s that `faena run` does not need.
+            from faena.telemetry.metrics import MetricsRecorder
+
+            self.recorder = MetricsRecorder(metrics, self.bus)
         self.agent = EmbeddedAgent(self.bus, self.runner, node_id=NODE_ID)
 
     async def __aenter__(self) -> App:
@@ -110,6 +120,8 @@ class App:
         self.settings.home.mkdir(parents=True, exist_ok=True)
         await self.store.open()
         await self.bus.start()
+        if self.recorder is not None:
+            await self.recorder.start()
         # In-process subscribers of a dead process are gone with it: nothing to redeliver.
         # ``resume`` re-derives what a run still needs from its event log.
         await self.relay.start(republish=False)
@@ -149,6 +161,8 @@ class App:
         await self.orchestrator.stop()
         await self.logs.close()
         await self.relay.close()
+        if self.recorder is not None:
+            await self.recorder.close()
         await self.bus.close()
         await self.store.close()
 
@@ -208,6 +222,7 @@ def build_server(
     from faena.api.agents import agent_router
     from faena.api.app import create_api
     from faena.api.debug import debug_router
+    from faena.api.telemetry import telemetry_router
     from faena.api.tokens import tokens_router
     from faena.security.tokens import (
         ADMIN,
@@ -216,8 +231,12 @@ def build_server(
         TokenAuthenticator,
         admin_token_hash,
     )
+    from faena.telemetry.asgi import RequestMetrics
+    from faena.telemetry.metrics import Metrics
 
-    system = App(settings, local_agent=with_agent)
+    metrics = Metrics()
+    system = App(settings, local_agent=with_agent, metrics=metrics)
+    metrics.add_queue_source(system.bus.depths)
     digest, created = admin_token_hash(settings.home, admin_token)
     authenticator = StoredTokenAuthenticator(system.store, TokenAuthenticator({digest: ADMIN}))
 
@@ -242,6 +261,13 @@ def build_server(
             ),
             partial(tokens_router, store=system.store, authenticator=authenticator),
             partial(debug_router, broker=system.debug, store=system.store),
+            partial(
+                telemetry_router,
+                metrics=metrics,
+                store=system.store,
+                scrape_token=settings.metrics_token,
+            ),
         ],
     )
+    api.add_middleware(RequestMetrics, metrics=metrics)
     return api, system, created

@@ -33,6 +33,7 @@ class Settings:
     database_url: str | None = None
     tenant: str = "default"
     heartbeat_interval: float = 5.0
+    metrics_token: str | None = None
 
     @property
     def db_url(self) -> str:
@@ -70,6 +71,8 @@ class Settings:
                 ) from None
             if not 0.05 <= float(raw) <= 3600:
                 raise SettingsError("FAENA_HEARTBEAT_INTERVAL must be between 0.05 and 3600")
+        if e.get("FAENA_METRICS_TOKEN"):
+            values["metrics_token"] = e["FAENA_METRICS_TOKEN"]
         if e.get("FAENA_DATABASE_URL"):
             values["database_url"] = e["FAENA_DATABASE_URL"]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -215,7 +215,9 @@ def test_repeated_stale_and_out_of_order_agent_posts_change_nothing(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     """A hand-driven agent: what a flaky network or a confused agent can send."""
-    server = start(procs, make_server(tmp_path))
+    quiet = make_server(tmp_path)
+    quiet.env["FAENA_HEARTBEAT_INTERVAL"] = "60"  # this agent does not heartbeat
+    server = start(procs, quiet)
     assert isinstance(server, Server)
     auth = {"Authorization": f"Bearer {server.agent_token('manual')}"}
     http = httpx.Client(base_url=server.url + "/api/v1/agent", headers=auth, timeout=30)

@@ -291,11 +291,13 @@ def create_api(
         _: Annotated[Principal, Depends(scope("job:read"))],
         run: Annotated[str | None, Query(description="only this run's events")] = None,
         subject: Annotated[str, Query(description="NATS-style filter, e.g. ci.job.>")] = "ci.>",
-        after: Annotated[int, Query(ge=0, description="start after this event id")] = 0,
+        after: Annotated[int, Query(ge=0, le=2**62, description="start after this event id")] = 0,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> StreamingResponse:
         """Server-Sent Events from the event log; reconnect with Last-Event-ID to resume."""
-        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+        start = after
+        if last_event_id and last_event_id.isdigit() and len(last_event_id) <= 18:
+            start = int(last_event_id)
         run_id = await resolve(run) if run else None
 
         async def stream() -> AsyncIterator[str]:

@@ -105,6 +105,13 @@ class MemoryBus:
         self._subs.append(sub)
         return sub
 
+    def depths(self) -> dict[str, int]:
+        """Events waiting per subscription pattern (``tel_queue_depth``)."""
+        out: dict[str, int] = {}
+        for sub in self._subs:
+            out[sub.pattern] = out.get(sub.pattern, 0) + sub.queue.qsize()
+        return out
+
     async def drain(self) -> None:
         """Wait until every subscription has handled everything published so far."""
         while any(s.queue.qsize() or s.busy for s in self._subs):
