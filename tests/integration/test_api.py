@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    api, _, created = build_server(Settings(home=tmp_path / "home", jobs=2), TOKEN)
+@asynccontextmanager
+async def serve(home: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A real server on a free port over ``home``; stopped (cleanly) on exit."""
+    api, _, created = build_server(Settings(home=home, jobs=2), TOKEN)
     assert created is None
     port = free_port()
     server = uvicorn.Server(
@@ -45,10 +47,18 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         while not server.started:
             await asyncio.sleep(0.02)
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as c:
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as c:
+            yield c
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(tmp_path / "home") as c:
         yield c
-    server.should_exit = True
-    await task
 
 
 async def wait_done(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
@@ -268,3 +278,60 @@ async def test_nodes_lists_this_machine(client: httpx.AsyncClient) -> None:
     nodes = (await client.get("/api/v1/nodes")).json()["items"]
     assert [n["node_id"] for n in nodes] == ["local"]
     assert nodes[0]["capacity"] == {"slots": 2} and nodes[0]["state"] == "ready"
+
+
+async def test_idempotency_keys_survive_a_restart_and_races(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    yaml = {"Content-Type": "application/yaml"}
+    async with serve(home) as c:
+        first = await c.post("/api/v1/pipelines", content=PIPELINE,
+                             headers={**yaml, "Idempotency-Key": "deploy-42"})  # fmt: skip
+        assert first.status_code == 201 and first.json()["created"] is True
+        # Five at once with a new key: one run.
+        racing = await asyncio.gather(*(
+            c.post("/api/v1/pipelines", content=PIPELINE,
+                   headers={**yaml, "Idempotency-Key": "race"}) for _ in range(5)
+        ))  # fmt: skip
+        assert len({r.json()["run_id"] for r in racing}) == 1
+        assert sum(r.json()["created"] for r in racing) == 1
+        before = len((await c.get("/api/v1/pipelines", params={"limit": 100})).json()["items"])
+    async with serve(home) as c:
+        again = await c.post("/api/v1/pipelines", content=PIPELINE,
+                             headers={**yaml, "Idempotency-Key": "deploy-42"})  # fmt: skip
+        assert again.json() == {"run_id": first.json()["run_id"], "created": False}
+        other = await c.post("/api/v1/pipelines", content=PIPELINE.replace("hello", "bye"),
+                             headers={**yaml, "Idempotency-Key": "deploy-42"})  # fmt: skip
+        assert other.status_code == 422 and other.json()["code"] == "ORC-VALID"
+        after = len((await c.get("/api/v1/pipelines", params={"limit": 100})).json()["items"])
+        assert after == before
+
+
+async def test_tokens_are_issued_scoped_and_revoked(client: httpx.AsyncClient) -> None:
+    made = await client.post("/api/v1/tokens", json={"name": "reader", "scopes": ["job:read"]})
+    assert made.status_code == 201
+    token, token_id = made.json()["token"], made.json()["token_id"]
+    reader = httpx.AsyncClient(base_url=str(client.base_url),
+                               headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    async with reader:
+        assert (await reader.get("/api/v1/pipelines")).status_code == 200
+        denied = await reader.post("/api/v1/pipelines", content=PIPELINE)
+        assert denied.status_code == 403 and denied.json()["code"] == "ORC-AUTH"
+        # A token cannot hand out more than it holds.
+        grant = await reader.post("/api/v1/tokens", json={"name": "x", "scopes": ["job:read"]})
+        assert grant.status_code == 403
+        listed = (await client.get("/api/v1/tokens")).json()["items"]
+        assert [t["name"] for t in listed] == ["reader"] and "token" not in listed[0]
+        assert (await client.delete(f"/api/v1/tokens/{token_id}")).status_code == 200
+        assert (await client.delete(f"/api/v1/tokens/{token_id}")).status_code == 200
+        gone = await reader.get("/api/v1/pipelines")
+        assert gone.status_code == 401 and gone.json()["code"] == "SEC-TOK"
+    unknown = await client.post("/api/v1/tokens", json={"name": "y", "scopes": ["root:all"]})
+    assert unknown.status_code == 422
+    assert (await client.delete("/api/v1/tokens/tk-nope")).status_code == 404
+
+
+async def test_pause_on_failure_is_checked(client: httpx.AsyncClient) -> None:
+    for bad in ("soon", "0s", "2d"):
+        r = await client.post("/api/v1/pipelines", params={"pause_on_failure": bad},
+                              content=PIPELINE)  # fmt: skip
+        assert r.status_code == 422 and "pause_on_failure" in r.json()["detail"], bad

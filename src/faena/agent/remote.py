@@ -147,7 +147,12 @@ class RemoteAgent:
             try:
                 answer = await self._client.post(
                     "/api/v1/agent/heartbeat",
-                    json={"node_id": self.node_id, "running": self.running},
+                    json={
+                        "node_id": self.node_id,
+                        "running": self.running,
+                        "slots": self.config.slots,
+                        "capacity": self.config.capacity,
+                    },
                 )
             except httpx.TransportError as exc:
                 log.warning("heartbeat failed: %s", exc)

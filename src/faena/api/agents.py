@@ -46,6 +46,8 @@ class NodeBody(_Body):
 
 class HeartbeatBody(NodeBody):
     running: Annotated[dict[Id, Id], Field(description="assignment id -> job id")] = {}
+    slots: Annotated[int, Field(ge=1, le=1024)] | None = None
+    capacity: dict[Label, Annotated[str, Field(max_length=64)]] | None = None
 
 
 class AcceptBody(NodeBody):
@@ -238,6 +240,8 @@ def agent_router(
     async def heartbeat(body: HeartbeatBody, p: Agent) -> dict[str, Any]:
         """The node is alive; answers the assignments it must stop (404: register again)."""
         registry.heartbeat(body.node_id, owner(p))
+        if body.slots is not None or body.capacity is not None:
+            await registry.update_capacity(body.node_id, body.slots, body.capacity)
         return {"revoke": await gateway.revocations(dict(body.running))}
 
     @router.get("/work")

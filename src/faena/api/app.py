@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from faena import __version__
 from faena.api import problems
+from faena.domain.durations import parse_duration
 from faena.domain.errors import ErrorCode, FaenaError, NotFound
 from faena.domain.events import subject_matches
 from faena.orchestration.orchestrator import Orchestrator, run_of
@@ -123,19 +124,38 @@ def create_api(
         p: Annotated[Principal, Depends(scope("job:create"))],
         idempotency_key: Annotated[str | None, Header()] = None,
         x_faena_filename: Annotated[str | None, Header()] = None,
+        pause_on_failure: Annotated[
+            str | None,
+            Query(max_length=32, description="keep a failed step's worker this long (10m)"),
+        ] = None,
     ) -> dict[str, Any]:
         """Submit a run of a pipeline written as faena.yml (YAML, or the same as JSON)."""
         body = await _read_body(request, max_body)
-        return await submit_body(body, idempotency_key, x_faena_filename or "faena.yml", p)
+        pause = None
+        if pause_on_failure is not None:
+            try:
+                pause = parse_duration(pause_on_failure)
+            except ValueError as exc:
+                raise FaenaError(f"pause_on_failure: {exc}", code=ErrorCode.ORC_VALID) from None
+            if not 0 < pause <= 24 * 3600:
+                raise FaenaError("pause_on_failure must be more than 0 and at most 24h",
+                                 code=ErrorCode.ORC_VALID)  # fmt: skip
+        filename = x_faena_filename or "faena.yml"
+        return await submit_body(body, idempotency_key, filename, p, pause)
 
     async def submit_body(
-        body: bytes, idempotency_key: str | None, filename: str, p: Principal
+        body: bytes,
+        idempotency_key: str | None,
+        filename: str,
+        p: Principal,
+        pause: float | None = None,
     ) -> dict[str, Any]:
         if not idempotency_key:
-            return await create_run(body, filename, p)
+            return await create_run(body, filename, p, pause)
         if len(idempotency_key) > 255:
             raise FaenaError("Idempotency-Key is longer than 255", code=ErrorCode.ORC_VALID)
-        digest = hashlib.sha256(body).hexdigest()
+        # The same body with another pause is another request.
+        digest = hashlib.sha256(body + f"\0pause={pause}".encode()).hexdigest()
         lock = key_locks.setdefault(idempotency_key, asyncio.Lock())
         try:
             async with lock:
@@ -144,7 +164,7 @@ def create_api(
                     p.tenant_id, idempotency_key, now - IDEMPOTENCY_TTL
                 )
                 if earlier is None:
-                    result = await create_run(body, filename, p)
+                    result = await create_run(body, filename, p, pause)
                     earlier = await store.remember_idempotency(
                         IdempotencyRecord(p.tenant_id, idempotency_key, digest, result, now),
                         now - IDEMPOTENCY_TTL,
@@ -158,13 +178,17 @@ def create_api(
             if not lock.locked():
                 key_locks.pop(idempotency_key, None)
 
-    async def create_run(body: bytes, filename: str, p: Principal) -> dict[str, Any]:
+    async def create_run(
+        body: bytes, filename: str, p: Principal, pause: float | None
+    ) -> dict[str, Any]:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise FaenaError("the body is not UTF-8", code=ErrorCode.ORC_VALID) from None
         spec = parse_pipeline(text, filename=filename)
         spec = replace(spec, source="")  # no local checkout behind an API submission
+        if pause is not None:
+            spec = replace(spec, pause_on_failure=pause)
         run_id = await orchestrator.submit(spec, options={"submitted_by": p.subject})
         return {"run_id": run_id, "created": True}
 

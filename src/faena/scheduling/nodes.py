@@ -173,6 +173,20 @@ class NodeRegistry:
         node.last_seen = self._clock()
         return node
 
+    async def update_capacity(
+        self, node_id: str, slots: int | None, capacity: dict[str, str] | None
+    ) -> None:
+        """A heartbeat's capacity: new slots reach the scheduler at once."""
+        node = self.nodes[node_id]
+        if capacity is not None and capacity != node.capacity:
+            node.capacity = dict(capacity)
+            await self._publish("ci.node.v1.capacity_updated",
+                                {"node_id": node_id, "capacity": node.to_dict(0)["capacity"],
+                                 "seq": int(self._clock() * 1000)}, node_id)  # fmt: skip
+        if slots is not None and slots != node.slots:
+            node.slots = slots
+            await self._scheduler.add_node(node_id, slots, node.labels)
+
     def check_owner(self, node_id: str, owner: str) -> Node:
         """The node, if ``owner`` registered it; raises otherwise."""
         node = self.nodes.get(node_id)

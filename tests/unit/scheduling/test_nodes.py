@@ -126,3 +126,12 @@ async def test_the_local_node_is_never_lost(bus: MemoryBus) -> None:
     clock.now += 10_000
     await reg.check()
     assert losses.lost == [] and sched.nodes["local"].labels is None
+
+
+async def test_heartbeats_carry_capacity_to_the_scheduler(bus: MemoryBus) -> None:
+    reg, sched, _, _ = await registry(bus)
+    node_id = await register(reg)
+    await reg.update_capacity(node_id, 5, {"cpu": "5", "memory": "8Gi"})
+    assert sched.nodes[node_id].slots == 5
+    listed = reg.listing()[0]["capacity"]
+    assert listed == {"cpu": "5", "memory": "8Gi", "slots": 5}
