@@ -27,6 +27,7 @@ from faena.scheduling.nodes import NodeRegistry
 from faena.settings import Settings, SettingsError
 from faena.store.port import Store
 from faena.store.sql import SqlStore
+from faena.workers.pool import WorkerPool
 from faena.workers.port import Worker, WorkerProvider
 from faena.workers.providers.local import LocalProvider
 
@@ -86,7 +87,9 @@ class App:
         self.local = LocalProvider(
             settings.workspaces, keep_workspace=settings.keep_workspace, base_env=step_env()
         )
-        self.provider: WorkerProvider = provider or self.local
+        # Warm workers (POST /api/v1/workers) are handed to the next jobs of this node.
+        self.pool = WorkerPool(provider or self.local)
+        self.provider: WorkerProvider = self.pool
         self.runner = JobRunner(self.provider, InProcessControlPlane(self.orchestrator, self.logs))
         self.local_agent = local_agent
         self.debug = DebugBroker(
@@ -155,6 +158,7 @@ class App:
             self.local.hurry()
         await self.registry.close()
         await self.agent.close()
+        await self.pool.close()
         await self.local.close()
         await self.dispatcher.close()
         await self.scheduler.close()
@@ -222,8 +226,11 @@ def build_server(
     from faena.api.agents import agent_router
     from faena.api.app import create_api
     from faena.api.debug import debug_router
+    from faena.api.logs import logs_router
+    from faena.api.scheduling import schedule_router
     from faena.api.telemetry import telemetry_router
     from faena.api.tokens import tokens_router
+    from faena.api.workers import workers_router
     from faena.security.tokens import (
         ADMIN,
         ScopeAuthorizer,
@@ -260,7 +267,15 @@ def build_server(
                 dispatcher=system.dispatcher,
             ),
             partial(tokens_router, store=system.store, authenticator=authenticator),
+            partial(logs_router, store=system.store),
             partial(debug_router, broker=system.debug, store=system.store),
+            partial(schedule_router, scheduler=system.scheduler, store=system.store),
+            partial(
+                workers_router,
+                pool=system.pool if with_agent else None,
+                store=system.store,
+                node_id=NODE_ID,
+            ),
             partial(
                 telemetry_router,
                 metrics=metrics,

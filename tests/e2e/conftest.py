@@ -171,6 +171,8 @@ def faena(tmp_path: Path) -> Iterator[Faena]:
         NO_COLOR="1",
         TERM="dumb",
         PYTHONUNBUFFERED="1",
+        # The machine user's ~/.config/faena/config.toml must not point tests at a server.
+        XDG_CONFIG_HOME=str(tmp_path / "xdg"),
     )
     runner = Faena(tmp=tmp_path, project=project, home=home, env=env)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -28,6 +29,7 @@ def server(tmp_path: Path) -> Iterator[dict[str, str]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAENA_")}
     env["FAENA_HOME"] = str(tmp_path / "server-home")
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")  # no user config file leaks in
     proc = subprocess.Popen(
         [*FAENA_CMD, "server", "--with-agent", "--port", str(port), "--admin-token", TOKEN],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -89,3 +91,40 @@ def test_client_errors(server: dict[str, str], tmp_path: Path) -> None:
                "status", "last")  # fmt: skip
     assert down.returncode == 1 and "cannot reach" in down.stderr
     assert "Traceback" not in bad.stderr + wrong.stderr + missing.stderr + down.stderr
+
+
+def test_exec_in_a_paused_job_then_resume(server: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "broken.yml").write_text(
+        "jobs:\n  broken:\n    steps:\n"
+        "      - run: echo 'half-done' > state.txt; exit 4\n"
+        "      - {run: echo cleaned, if: always()}\n"
+    )
+    sub = cli(server, tmp_path, "submit", "broken.yml", "--pause-on-failure", "2m", "--json")
+    assert sub.returncode == 0, sub.stderr
+    run_id = json.loads(sub.stdout)["run_id"]
+
+    def paused() -> bool:
+        st = cli(server, tmp_path, "status", run_id, "--json")
+        return bool(json.loads(st.stdout)["jobs"][0].get("paused_until"))
+
+    deadline = time.monotonic() + 30
+    while not paused():
+        assert time.monotonic() < deadline, "the job did not pause"
+        time.sleep(0.2)
+    r = cli(server, tmp_path, "exec", run_id, "broken", "--", "cat state.txt; echo err >&2; exit 5")
+    assert (r.returncode, r.stdout, r.stderr) == (5, "half-done\n", "err\n")
+    # The words after -- are one command, quoted as given.
+    r = cli(server, tmp_path, "exec", run_id, "broken", "--", "echo", "a  b", "$HOME")
+    assert r.returncode == 0 and r.stdout == "a  b $HOME\n"
+    missing = cli(server, tmp_path, "exec", run_id, "broken")
+    assert missing.returncode == 2 and "after '--'" in missing.stderr
+    nope = cli(server, tmp_path, "exec", run_id, "nope", "--", "true")
+    assert nope.returncode == 2 and "no job nope" in nope.stderr
+    resumed = cli(server, tmp_path, "exec", "--resume", run_id, "broken")
+    assert resumed.returncode == 0, resumed.stderr
+    follow = cli(server, tmp_path, "submit", "broken.yml", "--follow")  # not paused: ends
+    assert follow.returncode == 1
+    st = cli(server, tmp_path, "status", run_id, "--json")
+    assert json.loads(st.stdout)["state"] == "FAILED"
+    late = cli(server, tmp_path, "exec", run_id, "broken", "--", "true")
+    assert late.returncode == 2 and "not paused" in late.stderr

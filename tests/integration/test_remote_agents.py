@@ -317,11 +317,9 @@ def test_a_paused_failed_job_takes_commands_then_resumes(
         return items[:-1], items[-1]
 
     lines, end = exec_("cat out/state.txt; echo $HINT; echo oops >&2; exit 7", "x1")
-    assert [(x["stream"], x["text"]) for x in lines] == [
-        ("stdout", "half-done"),
-        ("stdout", "from-the-env"),
-        ("stderr", "oops"),
-    ]
+    # stdout and stderr are two pipes: the order within each is kept, not across them.
+    assert [x["text"] for x in lines if x["stream"] == "stdout"] == ["half-done", "from-the-env"]
+    assert [x["text"] for x in lines if x["stream"] == "stderr"] == ["oops"]
     assert end["exit_code"] == 7
     # The same exec id again: the same answer, the command not run twice.
     again, end2 = exec_("cat out/state.txt; echo $HINT; echo oops >&2; exit 7", "x1")

@@ -196,7 +196,7 @@ def create_api(
     async def list_runs(
         _: Annotated[Principal, Depends(scope("job:read"))],
         limit: Annotated[int, Query(ge=1, le=500)] = 20,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
         state: Annotated[str | None, Query(pattern="^[A-Z]+$")] = None,
     ) -> dict[str, Any]:
         """Runs, newest first."""

@@ -44,6 +44,7 @@ COMMANDS = {
     "agent": "Make this machine a node of a faena server (runs its jobs).",
     "nodes": "List the nodes of a faena server, with their load.",
     "token": "Create, list or revoke API and agent tokens on a faena server.",
+    "exec": "Run a command where a paused failed job ran (faena exec RUN JOB -- CMD).",
     "submit": "Submit a pipeline to a faena server (FAENA_SERVER, FAENA_TOKEN).",
     "status": "Show a run on a faena server.",
     "cancel": "Cancel a run or a job on a faena server.",
@@ -87,14 +88,24 @@ def command_parser(name: str) -> argparse.ArgumentParser:
         )
         p.add_argument("--token", default=None, help="bearer token (env FAENA_TOKEN)")
 
+    def profile_flag() -> None:
+        p.add_argument("--profile", default=None,
+                       help="config file profile (env FAENA_PROFILE)")  # fmt: skip
+
     def jobs_flag() -> None:
         p.add_argument("-j", "--jobs", type=_positive, default=None,
                        help="jobs run at once (default: CPU count; env FAENA_JOBS)")  # fmt: skip
+
+    def pause_flag() -> None:
+        p.add_argument("--pause-on-failure", metavar="DURATION", default=None,
+                       help="keep a failed step's worker alive this long for debugging "
+                            "(e.g. 10m)")  # fmt: skip
 
     if name == "run":
         pipeline_file()
         jobs_flag()
         json_flag()
+        pause_flag()
         p.add_argument("--keep-workspace", action="store_true",
                        help="keep each job's workspace directory")  # fmt: skip
     elif name == "validate":
@@ -106,15 +117,29 @@ def command_parser(name: str) -> argparse.ArgumentParser:
         json_flag()
         p.add_argument("--keep-workspace", action="store_true",
                        help="keep each job's workspace directory")  # fmt: skip
-    elif name == "runs":
-        p.add_argument("-n", "--limit", type=_positive, default=20, help="how many (default 20)")
+    elif name in ("runs", "logs"):
+        if name == "runs":
+            p.add_argument("-n", "--limit", type=_positive, default=20,
+                           help="how many (default 20)")  # fmt: skip
+        else:
+            p.add_argument("run_id", metavar="RUN", help="run id, unique prefix, or 'last'")
+            p.add_argument("job", metavar="JOB", nargs="?",
+                           help="job name, key or id (prefix ok)")  # fmt: skip
+            p.add_argument("-t", "--timestamps", action="store_true",
+                           help="prefix each line with the time it was written")  # fmt: skip
+            p.add_argument("-f", "--follow", action="store_true",
+                           help="keep printing new lines until the run ends (Ctrl-C stops "
+                                "following, not the run)")  # fmt: skip
         json_flag()
-    elif name == "logs":
-        p.add_argument("run_id", metavar="RUN", help="run id, unique prefix, or 'last'")
-        p.add_argument("job", metavar="JOB", nargs="?", help="job name, key or id (prefix ok)")
-        p.add_argument("-t", "--timestamps", action="store_true",
-                       help="prefix each line with the time it was written")  # fmt: skip
-        json_flag()
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--server", default=None,
+                           help="read from this server (env FAENA_SERVER or the config file; "
+                                "default: the local store in FAENA_HOME)")  # fmt: skip
+        where.add_argument("--local", action="store_true",
+                           help="read the local store, even with a server configured")  # fmt: skip
+        p.add_argument("--token", default=None, help="bearer token (env FAENA_TOKEN)")
+        p.add_argument("--profile", default=None,
+                       help="config file profile (env FAENA_PROFILE)")  # fmt: skip
     elif name in ("submit", "status", "cancel", "retry"):
         if name == "submit":
             pipeline_file()
@@ -124,15 +149,20 @@ def command_parser(name: str) -> argparse.ArgumentParser:
                 metavar="RUN" if name == "status" else "RUN|JOB",
                 help="run id, unique prefix or 'last' (or a job id for cancel)",
             )
+        if name == "submit":
+            pause_flag()
         if name in ("submit", "retry"):
             p.add_argument("-f", "--follow", action="store_true",
-                           help="follow the run until it ends")  # fmt: skip
-        if name in ("submit", "status"):
-            json_flag()
+                           help="show job states and output until the run ends (Ctrl-C "
+                                "stops following, not the run)")  # fmt: skip
+        json_flag()
         server_flags()
+        p.add_argument("--profile", default=None,
+                       help="config file profile (env FAENA_PROFILE)")  # fmt: skip
     elif name == "nodes":
         json_flag()
         server_flags()
+        profile_flag()
     elif name == "token":
         p.add_argument("action", choices=["create", "list", "revoke"])
         p.add_argument("name", nargs="?", metavar="NAME|ID",
@@ -144,6 +174,16 @@ def command_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--ttl-days", type=float, default=None, help="create: expiry in days")
         json_flag()
         server_flags()
+        profile_flag()
+    elif name == "exec":
+        p.usage = "faena exec [-h] RUN JOB -- COMMAND [ARG ...]\n       faena exec --resume RUN JOB"
+        p.add_argument("run_id", metavar="RUN", help="run id, unique prefix, or 'last'")
+        p.add_argument("job", metavar="JOB", help="job name, key or id")
+        p.add_argument("--resume", action="store_true",
+                       help="end the pause: the job finishes as failed")  # fmt: skip
+        p.add_argument("--exec-id", default=None, help="repeat a request (its output again)")
+        server_flags()
+        profile_flag()
     elif name == "agent":
         server_flags()
         p.add_argument("--name", default=None, help="node name (default: the host name)")
@@ -177,7 +217,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from faena.cli.run import run_command
 
         return run_command(args.file, jobs=args.jobs, json_out=args.json,
-                           keep_workspace=args.keep_workspace)  # fmt: skip
+                           keep_workspace=args.keep_workspace,
+                           pause_on_failure=args.pause_on_failure)  # fmt: skip
     if args.command == "validate":
         from faena.cli.validate import validate_command
 
@@ -190,29 +231,39 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "runs":
         from faena.cli.inspect import runs_command
 
-        return runs_command(args.limit, args.json)
+        return runs_command(args.limit, args.json, server=args.server, token=args.token,
+                            profile=args.profile, local=args.local)  # fmt: skip
     if args.command == "logs":
         from faena.cli.inspect import logs_command
 
-        return logs_command(args.run_id, args.job, args.json, timestamps=args.timestamps)
+        return logs_command(args.run_id, args.job, args.json, timestamps=args.timestamps,
+                            follow=args.follow, server=args.server, token=args.token,
+                            profile=args.profile, local=args.local)  # fmt: skip
     if args.command in ("submit", "status", "cancel", "retry"):
         from faena.cli import client
 
+        where = {"server": args.server, "token": args.token, "profile": args.profile}
         if args.command == "submit":
             return client.submit_command(args.file, follow=args.follow, json_out=args.json,
-                                         server=args.server, token=args.token)  # fmt: skip
+                                         pause_on_failure=args.pause_on_failure,
+                                         **where)  # fmt: skip
         if args.command == "status":
-            return client.status_command(args.ref, json_out=args.json, server=args.server,
-                                         token=args.token)  # fmt: skip
+            return client.status_command(args.ref, json_out=args.json, **where)
         if args.command == "retry":
-            return client.retry_command(args.ref, follow=args.follow, server=args.server,
-                                        token=args.token)  # fmt: skip
-        return client.cancel_command(args.ref, server=args.server, token=args.token)
+            return client.retry_command(args.ref, follow=args.follow, json_out=args.json,
+                                        **where)  # fmt: skip
+        return client.cancel_command(args.ref, json_out=args.json, **where)
     if args.command == "server":
         from faena.cli.server import server_command
 
         return server_command(args.host, args.port, args.admin_token, args.jobs,
                               with_agent=args.with_agent)  # fmt: skip
+    if args.command == "exec":
+        from faena.cli.debug import exec_command
+
+        return exec_command(args.run_id, args.job, args.command_line, resume=args.resume,
+                            exec_id=args.exec_id, server=args.server,
+                            token=args.token, profile=args.profile)  # fmt: skip
     if args.command == "agent":
         from faena.cli.agent import agent_command
 
@@ -222,14 +273,15 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "nodes":
         from faena.cli import client
 
-        return client.nodes_command(json_out=args.json, server=args.server, token=args.token)
+        return client.nodes_command(json_out=args.json, server=args.server, token=args.token,
+                                    profile=args.profile)  # fmt: skip
     if args.command == "token":
         from faena.cli import client
 
         return client.token_command(args.action, args.name, agent=args.agent,
                                     scopes=args.scope, ttl_days=args.ttl_days,
                                     json_out=args.json, server=args.server,
-                                    token=args.token)  # fmt: skip
+                                    token=args.token, profile=args.profile)  # fmt: skip
     raise AssertionError(args.command)
 
 
@@ -239,8 +291,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if top.command is None:
         parser.print_help()
         sys.exit(EXIT_INVALID)
-    args = command_parser(top.command).parse_intermixed_args(top.args)
+    rest, command_line = list(top.args), []
+    if top.command == "exec" and "--" in rest:
+        cut = rest.index("--")
+        rest, command_line = rest[:cut], rest[cut + 1 :]
+    args = command_parser(top.command).parse_intermixed_args(rest)
     args.command = top.command
+    args.command_line = command_line
     from faena.settings import SettingsError
 
     try:

@@ -278,9 +278,14 @@ class Orchestrator:
         run_id: str | None = None,
     ) -> str:
         """Record a new PipelineRun and start its DAG; returns the run id."""
-        rid = run_id or new_id()[:12]
+        given = run_id
 
         def command(tx: _Tx) -> str:
+            rid = given or new_id()[:12]
+            # Runs submitted in the same millisecond share a prefix; a clash with a live
+            # run of this process is the only one the time part allows.
+            while given is None and rid in self._runs:
+                rid = new_id()[:12]
             if rid in self._runs:
                 raise FaenaError(f"run {rid} exists", code=ErrorCode.ORC_VALID)
             spec_hash = spec.spec_hash()

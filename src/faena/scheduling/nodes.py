@@ -129,7 +129,7 @@ class NodeRegistry:
             raise NodeOwnedElsewhere(f"node {node_id} is the server's own node")
         now = self._clock()
         node = Node(
-            node_id or "n-" + new_id()[:10],
+            node_id or "n-" + new_id()[-12:],
             name,
             frozenset(labels),
             max(1, slots),

@@ -113,7 +113,7 @@ async def issue_token(
     token = new_token()
     now = clock()
     record = TokenRecord(
-        token_id="tk-" + new_id()[:10],
+        token_id="tk-" + new_id()[-12:],
         token_hash=hash_token(token),
         subject=subject,
         scopes=tuple(sorted(set(scopes))),
