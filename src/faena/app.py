@@ -15,6 +15,7 @@ from faena.agent.remote import AgentConfig, RemoteAgent
 from faena.agent.runner import JobRunner
 from faena.bus.memory import MemoryBus
 from faena.bus.relay import OutboxRelay
+from faena.domain.events import Event
 from faena.domain.states import JobState
 from faena.orchestration.agent_gateway import AgentGateway
 from faena.orchestration.control_plane import InProcessControlPlane
@@ -224,7 +225,7 @@ def build_server(
     from functools import partial
 
     from faena.api.agents import agent_router
-    from faena.api.app import create_api
+    from faena.api.app import Wakeup, create_api
     from faena.api.debug import debug_router
     from faena.api.logs import logs_router
     from faena.api.scheduling import schedule_router
@@ -247,8 +248,14 @@ def build_server(
     digest, created = admin_token_hash(settings.home, admin_token)
     authenticator = StoredTokenAuthenticator(system.store, TokenAuthenticator({digest: ADMIN}))
 
+    wakeup = Wakeup()
+
+    async def notify(_: Event) -> None:
+        wakeup.notify()
+
     async def start() -> None:
         await system.start()
+        await system.bus.subscribe("ci.>", notify, durable="event-streams")
         await system.recover()
 
     api = create_api(
@@ -259,6 +266,7 @@ def build_server(
         nodes=system.nodes,
         lifespan=start,
         shutdown=system.close,
+        wakeup=wakeup,
         routers=[
             partial(
                 agent_router,

@@ -3,18 +3,11 @@
 Every operation that ``/openapi.json`` lists when the test runs is fuzzed (the schema is
 loaded from the live server, so routes added later are covered without editing this file),
 with the admin token on every request. The properties: no response is a 5xx
-(``not_a_server_error``), and a response whose status and media type the document declares
-has a body that matches the declared schema (``response_schema_conformance``; today the
-success bodies are declared as bare objects, so this mostly guards future models).
-
-Not checked by the fuzzer, because the document is wrong today (reported, not hidden):
-schemathesis's ``content_type_conformance`` and ``status_code_conformance`` fail on every
-operation. The document declares FastAPI's default 422 (``HTTPValidationError`` as
-``application/json``) while every error is an RFC 9457 problem
-(``application/problem+json``), and the other statuses the routes answer (400, 401, 403,
-404, 409, 413) are not declared. ``test_openapi_declares_the_problem_responses`` states
-that as a strict xfail: when the document is fixed it XPASSes (and fails): then drop the
-marker and add those two checks to the fuzz test.
+(``not_a_server_error``); every status a response has is declared for its operation
+(``status_code_conformance``), with the declared media type (``content_type_conformance``:
+errors are ``application/problem+json``) and a body matching the declared schema
+(``response_schema_conformance``). ``test_openapi_declares_the_problem_responses`` checks
+the document itself.
 
 Safety: fuzzed ``POST /api/v1/pipelines`` and ``POST /api/v1/jobs`` bodies may, in
 principle, be valid pipelines, and the server runs steps as local processes. So:
@@ -49,7 +42,11 @@ import uvicorn
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Err
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from faena.app import build_server
@@ -61,7 +58,12 @@ EVENTS = "/api/v1/events"
 MAX_EXAMPLES = 15
 LONG_POLL = 0.2  # seconds a fuzzed long poll may wait
 SSE_READ = 0.3  # seconds a fuzzed event stream is read
-CHECKS = [not_a_server_error, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 FUZZ = settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,  # a real server on a busy 2-core machine: no per-example deadline
@@ -196,13 +198,6 @@ def test_no_step_can_start_a_program(server_url: str) -> None:
     assert run["state"] in ("FAILED", "PENDING"), run
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,  # a server that fails to start is an error, not this xfail
-    strict=True,
-    reason="the OpenAPI document declares FastAPI's 422 HTTPValidationError as "
-    "application/json, not the application/problem+json problems every error is, and "
-    "omits 400/401/403/404/409/413",
-)
 def test_openapi_declares_the_problem_responses(server_url: str) -> None:
     spec: dict[str, Any] = httpx.get(f"{server_url}/openapi.json").json()
     wrong = []

@@ -7,6 +7,7 @@ definition time, and they name dependencies built in this function's scope.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -30,8 +31,26 @@ from faena.store.port import AmbiguousRef, IdempotencyRecord, Store
 
 IDEMPOTENCY_TTL = 24 * 3600.0
 MAX_BODY = 1 << 20
-SSE_POLL = 0.2  # the event log is polled; a bus wake-up can replace it later
+SSE_POLL = 1.0  # the longest a stream sleeps when no wake-up comes
 SSE_KEEPALIVE = 15.0
+
+
+class Wakeup:
+    """Notified on every committed event, so event streams answer at once instead of
+    polling the log. Waiters hold the generation they saw: no notification is missed."""
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def current(self) -> asyncio.Event:
+        if self._event is None:
+            self._event = asyncio.Event()
+        return self._event
+
+    def notify(self) -> None:
+        old, self._event = self._event, asyncio.Event()
+        if old is not None:
+            old.set()
 
 
 class IdempotencyConflict(FaenaError):
@@ -49,6 +68,7 @@ def create_api(
     shutdown: Callable[[], Coroutine[Any, Any, None]] | None = None,
     max_body: int = MAX_BODY,
     routers: Sequence[Callable[..., APIRouter]] = (),
+    wakeup: Wakeup | None = None,
 ) -> FastAPI:
     """The ASGI app; ``lifespan``/``shutdown`` start and stop the system around it.
     ``routers`` add the routes of other contexts: each is called with ``require=``, the
@@ -269,8 +289,11 @@ def create_api(
         name = str(job.pop("id", None) or "job")
         wrapped = json.dumps({"name": name, "jobs": {name: job}}).encode()
         forwarded = await submit_body(wrapped, idempotency_key, "job.json", p)
-        run = await store.get_run(forwarded["run_id"])
-        job_id = (run or {}).get("jobs", [{}])[0].get("job_id")
+        if "matrix" in job or "strategy" in job:
+            run = await store.get_run(forwarded["run_id"])
+            job_id = (run or {}).get("jobs", [{}])[0].get("job_id")
+        else:
+            job_id = f"{forwarded['run_id']}.1"  # a run's jobs are numbered from 1
         return {**forwarded, "job_id": job_id}
 
     @api.post("/api/v1/jobs/{job_id}/retry", status_code=202, tags=["jobs"])
@@ -328,6 +351,8 @@ def create_api(
             seq = start
             idle = 0.0
             while not await request.is_disconnected():
+                # Taken before reading: an event committed after the read still wakes us.
+                changed = wakeup.current() if wakeup is not None else None
                 batch = await store.events_after(seq, limit=500)
                 for stored in batch:
                     seq = stored.seq
@@ -343,14 +368,20 @@ def create_api(
                 if idle >= SSE_KEEPALIVE:
                     idle = 0.0
                     yield ": keep-alive\n\n"
-                await asyncio.sleep(SSE_POLL)
-                idle += SSE_POLL
+                began = time.monotonic()
+                if changed is None:
+                    await asyncio.sleep(SSE_POLL)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), SSE_POLL)
+                idle += time.monotonic() - began
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})  # fmt: skip
 
     for make in routers:
         api.include_router(make(require=scope))
+    problems.document(api)
     return api
 
 
@@ -358,6 +389,11 @@ def yaml_or_json(body: bytes) -> Any:
     """Parse a small request body written as JSON or YAML."""
     import yaml
 
+    try:
+        # JSON first: the C parser, ~10x faster than PyYAML's pure-Python one.
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        pass
     try:
         return yaml.safe_load(body.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as exc:

@@ -94,3 +94,57 @@ def install(api: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return problem(500, ErrorCode.ORC_INFRA, "internal error; see the server log")
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details with the seed's error code",
+    "required": ["type", "title", "status", "code", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "code": {"type": "string", "examples": ["ORC-VALID"]},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+# What any authenticated route may answer besides its own success.
+_DECLARED = {
+    "400": "Bad request",
+    "401": "Missing or invalid token (SEC-TOK)",
+    "403": "Token without the route's scope (ORC-AUTH)",
+    "404": "Unknown run, job, node, token or worker",
+    "409": "Illegal state change (ORC-STATE) or no capacity (SCH-CAP)",
+    "413": "Body over the limit",
+    "422": "Invalid input (ORC-VALID), with located errors",
+    "503": "Store unavailable (ORC-INFRA)",
+}
+
+
+def document(api: FastAPI) -> None:
+    """Publish every error of the API as the problem+json it is, in /openapi.json."""
+    build = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is not None:
+            return api.openapi_schema
+        spec = build()
+        spec.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        content = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for path, operations in spec.get("paths", {}).items():
+            for op in operations.values():
+                responses = op.setdefault("responses", {})
+                if path.startswith("/api/"):
+                    for status, text in _DECLARED.items():
+                        responses.setdefault(status, {"description": text})
+                for status, response in responses.items():
+                    if status[:1] in "45":
+                        response["content"] = content
+        schemas = spec["components"]["schemas"]
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        api.openapi_schema = spec
+        return spec
+
+    api.openapi = openapi  # type: ignore[method-assign]

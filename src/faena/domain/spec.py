@@ -125,9 +125,11 @@ class PipelineSpec:
         jobs = {k: job_from_dict(v) for k, v in data["jobs"].items()}
         return cls(**{**_known(cls, data), "jobs": jobs})
 
-    def spec_hash(self) -> str:
-        """sha256 of the canonical JSON form; events carry it instead of the spec."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+    def spec_hash(self, data: dict[str, Any] | None = None) -> str:
+        """sha256 of the canonical JSON form; events carry it instead of the spec.
+        ``data``: this spec's ``to_dict()``, when the caller has it already."""
+        form = self.to_dict() if data is None else data
+        canonical = json.dumps(form, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

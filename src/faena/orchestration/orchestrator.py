@@ -288,13 +288,14 @@ class Orchestrator:
                 rid = new_id()[:12]
             if rid in self._runs:
                 raise FaenaError(f"run {rid} exists", code=ErrorCode.ORC_VALID)
-            spec_hash = spec.spec_hash()
+            spec_data = spec.to_dict()
+            spec_hash = spec.spec_hash(spec_data)
             run = PipelineRun(
                 run_id=rid, pipeline=spec.name, spec_hash=spec_hash, tenant_id=self._tenant
             )
             h = _Handle(run, spec)
             plan = progress.plan_jobs(rid, spec)
-            tx.specs[spec_hash] = spec.to_dict()
+            tx.specs[spec_hash] = spec_data
             tx.emit(
                 h,
                 "ci.run.v1.requested",

@@ -52,6 +52,8 @@ class FifoScheduler:
         self._recorder = recorder
         self.nodes: dict[str, NodeSlots] = {}
         self._queue: list[_Queued] = []
+        # job id -> attempts in the queue: membership without scanning the queue.
+        self._queued: dict[str, set[int]] = {}
         self._held: dict[str, tuple[int, str]] = {}  # job id -> (attempt, node id)
         self._inbox: OrderedDict[str, None] = OrderedDict()
         self._subs: list[Subscription] = []
@@ -151,17 +153,35 @@ class FifoScheduler:
                 handle = loop.call_later(delay, self._enqueue_later, item)
                 self._timers.add(handle)
                 return
-            if item not in self._queue:
-                self._queue.append(item)
+            self._enqueue(item)
         elif event.subject in ("ci.job.v1.completed", "ci.job.v1.failed", "ci.job.v1.cancelled"):
             self._release(job_id)
-            self._queue = [q for q in self._queue if q.job_id != job_id]
+            if self._queued.pop(job_id, None):
+                self._queue = [q for q in self._queue if q.job_id != job_id]
         else:
             return
         await self._place()
 
+    def _enqueue(self, item: _Queued, at: int | None = None) -> None:
+        attempts = self._queued.setdefault(item.job_id, set())
+        if item.attempt in attempts:
+            return
+        attempts.add(item.attempt)
+        if at is None:
+            self._queue.append(item)
+        else:
+            self._queue.insert(at, item)
+
+    def _dequeue(self, index: int) -> _Queued:
+        item = self._queue.pop(index)
+        attempts = self._queued.get(item.job_id, set())
+        attempts.discard(item.attempt)
+        if not attempts:
+            self._queued.pop(item.job_id, None)
+        return item
+
     def _enqueue_later(self, item: _Queued) -> None:
-        self._queue.append(item)
+        self._enqueue(item)
         task = asyncio.ensure_future(self._place())
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
@@ -181,7 +201,7 @@ class FifoScheduler:
                 if node is None:
                     i += 1
                     continue
-                del self._queue[i]
+                self._dequeue(i)
                 self._held[item.job_id] = (item.attempt, node.node_id)
                 node.held.add(item.job_id)
                 try:
@@ -191,7 +211,7 @@ class FifoScheduler:
                 except Exception:
                     # Keep the job first in line and its slot free for the next try.
                     self._release(item.job_id)
-                    self._queue.insert(i, item)
+                    self._enqueue(item, at=i)
                     raise
                 if assignment is None and self._held.get(item.job_id) == (
                     item.attempt,
@@ -245,7 +265,7 @@ class FifoScheduler:
             node = self._pick(item.runs_on)
             if node is None:
                 return None, self.explain(item.runs_on) or "no node can take it now"
-            del self._queue[index]
+            self._dequeue(index)
             self._held[item.job_id] = (item.attempt, node.node_id)
             node.held.add(item.job_id)
             try:
@@ -254,7 +274,7 @@ class FifoScheduler:
                 )
             except Exception:
                 self._release(item.job_id)
-                self._queue.insert(index, item)
+                self._enqueue(item, at=index)
                 raise
             if assignment is None:
                 if self._held.get(item.job_id) == (item.attempt, node.node_id):
