@@ -267,6 +267,7 @@ def build_server(
         lifespan=start,
         shutdown=system.close,
         wakeup=wakeup,
+        bus=system.bus,
         routers=[
             partial(
                 agent_router,

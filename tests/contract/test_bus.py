@@ -149,3 +149,10 @@ async def test_unsubscribe_stops_delivery(bus: EventBus) -> None:
     await bus.publish([job_event("b")])
     await asyncio.sleep(0.05)
     assert len(got) == 1
+
+
+async def test_ping_answers_while_started(bus: EventBus) -> None:
+    await bus.ping()
+    await bus.close()
+    with pytest.raises(Exception):  # noqa: B017 - each adapter raises its own error
+        await bus.ping()

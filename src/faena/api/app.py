@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from faena import __version__
 from faena.api import problems
+from faena.bus.port import EventBus
 from faena.domain.durations import parse_duration
 from faena.domain.errors import ErrorCode, FaenaError, NotFound
 from faena.domain.events import subject_matches
@@ -69,6 +70,7 @@ def create_api(
     max_body: int = MAX_BODY,
     routers: Sequence[Callable[..., APIRouter]] = (),
     wakeup: Wakeup | None = None,
+    bus: EventBus | None = None,
 ) -> FastAPI:
     """The ASGI app; ``lifespan``/``shutdown`` start and stop the system around it.
     ``routers`` add the routes of other contexts: each is called with ``require=``, the
@@ -118,11 +120,16 @@ def create_api(
 
     @api.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        """Readiness: the store answers."""
+        """Readiness: the store and the bus answer."""
         try:
             await store.list_runs(limit=1)
         except Exception as exc:
             return problems.problem(503, ErrorCode.ORC_INFRA, f"store unavailable: {exc}")
+        if bus is not None:
+            try:
+                await bus.ping()
+            except Exception as exc:
+                return problems.problem(503, ErrorCode.ORC_INFRA, f"bus unavailable: {exc}")
         return JSONResponse({"status": "ready"})
 
     @api.post(

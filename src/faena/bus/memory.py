@@ -78,13 +78,19 @@ class MemoryBus:
 
     def __init__(self) -> None:
         self._subs: list[_MemorySubscription] = []
+        self._open = False
 
     async def start(self) -> None:
-        return None
+        self._open = True
 
     async def close(self) -> None:
+        self._open = False
         for sub in list(self._subs):
             await sub.unsubscribe()
+
+    async def ping(self) -> None:
+        if not self._open:
+            raise ConnectionError("the in-process bus is not started")
 
     async def publish(self, events: Sequence[Event]) -> None:
         for event in events:

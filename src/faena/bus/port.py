@@ -28,6 +28,10 @@ class EventBus(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Return if the bus can take events now; raise otherwise (readiness)."""
+        ...
+
     async def publish(self, events: Sequence[Event]) -> None:
         """Hand events to the bus; returns once the bus holds them durably (adapter-wise)."""
         ...
