@@ -138,6 +138,11 @@ class App:
             await self.agent.start()
         await self.registry.start()
 
+    def begin_shutdown(self) -> None:
+        """The server is stopping: agents are not lost for missing it, polls end now."""
+        self.registry.pause()
+        self.dispatcher.shutdown()
+
     async def recover(self) -> None:
         """Carry on the runs a stopped server left: jobs of its own node are re-queued,
         jobs on agents wait for their agents (lost if they do not come back in time)."""
@@ -253,6 +258,13 @@ def build_server(
     async def notify(_: Event) -> None:
         wakeup.notify()
 
+    async def stop() -> None:
+        system.begin_shutdown()
+        # A stopping server records nothing more: the jobs its own node was running are
+        # re-queued when it starts again (recover), not recorded as cancelled.
+        await system.orchestrator.stop()
+        await system.close()
+
     async def start() -> None:
         await system.start()
         await system.bus.subscribe("ci.>", notify, durable="event-streams")
@@ -265,7 +277,7 @@ def build_server(
         authorizer=ScopeAuthorizer(),
         nodes=system.nodes,
         lifespan=start,
-        shutdown=system.close,
+        shutdown=stop,
         wakeup=wakeup,
         bus=system.bus,
         routers=[

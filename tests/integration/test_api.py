@@ -89,6 +89,7 @@ async def test_submit_and_follow_a_run(client: httpx.AsyncClient) -> None:
     assert listed["items"][0]["run_id"] == run_id
     again = await client.post(f"/api/v1/pipelines/{run_id}/cancel")
     assert again.status_code == 202  # cancelling a finished run is a no-op
+    assert again.json()["status"] == "succeeded"
 
 
 async def test_json_body_is_accepted(client: httpx.AsyncClient) -> None:
@@ -102,7 +103,7 @@ async def test_idempotency_key(client: httpx.AsyncClient) -> None:
     headers = {"Idempotency-Key": "k1"}
     first = await client.post("/api/v1/pipelines", content=PIPELINE, headers=headers)
     second = await client.post("/api/v1/pipelines", content=PIPELINE, headers=headers)
-    assert first.status_code == 201 and second.status_code == 201
+    assert first.status_code == 201 and second.status_code == 200  # the first run, again
     assert first.json()["run_id"] == second.json()["run_id"]
     assert second.json()["created"] is False
     other = await client.post("/api/v1/pipelines", content=PIPELINE + "# changed\n",
@@ -335,3 +336,20 @@ async def test_pause_on_failure_is_checked(client: httpx.AsyncClient) -> None:
         r = await client.post("/api/v1/pipelines", params={"pause_on_failure": bad},
                               content=PIPELINE)  # fmt: skip
         assert r.status_code == 422 and "pause_on_failure" in r.json()["detail"], bad
+
+
+async def test_a_storm_of_retries_never_leaves_a_run_stuck(client: httpx.AsyncClient) -> None:
+    failing = (
+        "name: storm\njobs:\n  a:\n    steps: [{run: 'exit 1'}]\n"
+        "  b:\n    needs: a\n    steps: [{run: 'true'}]\n"
+    )
+    run_id = (await client.post("/api/v1/pipelines", content=failing)).json()["run_id"]
+    accepted = 0
+    for _ in range(40):  # retries as fast as they come, most while the run still runs
+        r = await client.post(f"/api/v1/pipelines/{run_id}/retry")
+        assert r.status_code in (202, 409), r.text
+        accepted += r.status_code == 202
+    run = await wait_done(client, run_id)
+    assert run["state"] == "FAILED"
+    assert run["attempt"] == accepted + 1
+    assert [j["state"] for j in run["jobs"]] == ["FAILED", "SKIPPED"]

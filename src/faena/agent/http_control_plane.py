@@ -34,6 +34,11 @@ class NodeUnknown(Exception):
     """The server does not know this node (it restarted, or lost the node)."""
 
 
+class Refused(Exception):
+    """The server refuses this agent for good: a bad or revoked token (401), a node of
+    another token (403), or a node that left. The agent stops; nothing is dropped."""
+
+
 class HttpControlPlane:
     def __init__(
         self,
@@ -41,12 +46,15 @@ class HttpControlPlane:
         node_id: Callable[[], str],
         *,
         on_revoke: Callable[[str], Awaitable[None]],
-        on_unknown_node: Callable[[], Awaitable[None]],
+        on_unknown_node: Callable[[], Awaitable[bool]],
+        on_refused: Callable[[Refused], None] = lambda exc: None,
     ) -> None:
         self._client = client
         self._node_id = node_id
         self._on_revoke = on_revoke
         self._on_unknown_node = on_unknown_node
+        self._on_refused = on_refused
+        self._refused: Refused | None = None
         self._outbox: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
@@ -91,6 +99,8 @@ class HttpControlPlane:
                     return body
                 if r.status_code == 404 and "/agent/" in path:
                     raise NodeUnknown(r.text)
+                if r.status_code in (401, 403):
+                    raise Refused(detail(r))
                 if r.status_code < 500 and r.status_code not in (408, 429):
                     raise Rejected(f"{method} {path}: {r.status_code} {r.text[:500]}")
                 log.warning("control plane answered %s; retrying in %.1fs", r.status_code, delay)
@@ -102,11 +112,14 @@ class HttpControlPlane:
             try:
                 return await self.call(method, path, json={**body, "node_id": self._node_id()})
             except NodeUnknown:
-                await self._on_unknown_node()
+                if not await self._on_unknown_node():
+                    raise Refused("this node left the server") from None
 
     # -- the outbox ----------------------------------------------------------------------
 
     def _queue(self, kind: str, assignment_id: str, job_id: str, args: dict[str, Any]) -> None:
+        if self._refused is not None:
+            return
         self._outbox.append(
             {"kind": kind, "assignment_id": assignment_id, "job_id": job_id, "args": args}
         )
@@ -122,8 +135,18 @@ class HttpControlPlane:
                 try:
                     answer = await self._node_call("POST", "/api/v1/agent/reports",
                                                    {"reports": batch})  # fmt: skip
+                except Refused as exc:
+                    # Nobody will take them: the agent left, or its token is no more. The
+                    # agent stops; later reports are dropped at once, waits end.
+                    self._refused = exc
+                    if self._outbox:
+                        log.warning("%d report(s) not delivered: %s", len(self._outbox), exc)
+                    self._outbox.clear()
+                    self._drained.set()
+                    self._on_refused(exc)
+                    return
                 except Rejected as exc:
-                    # Never accepted, never will be: a bug on one side. Keep going.
+                    # Malformed (422): never accepted, never will be; a bug on one side.
                     log.error("reports dropped: %s", exc)
                     answer = {"revoke": []}
                 del self._outbox[: len(batch)]
@@ -206,3 +229,12 @@ class HttpControlPlane:
         await self.drain()
         for key in [k for k in self._chunks if k.startswith(job_id + ":")]:
             del self._chunks[key]
+
+
+def detail(r: httpx.Response) -> str:
+    """A problem answer in one line: ``CODE: detail``."""
+    try:
+        body = r.json()
+    except ValueError:
+        return f"HTTP {r.status_code}"
+    return f"{body.get('code', r.status_code)}: {body.get('detail', '')}"

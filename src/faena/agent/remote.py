@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 import httpx
 
 from faena import __version__
-from faena.agent.http_control_plane import HttpControlPlane, NodeUnknown, Rejected
+from faena.agent.http_control_plane import (
+    HttpControlPlane,
+    NodeUnknown,
+    Refused,
+    Rejected,
+    detail,
+)
 from faena.agent.runner import JobRunner
 from faena.domain.errors import FaenaError
 from faena.workers.port import OutputLine, WorkerProvider
@@ -66,7 +72,8 @@ class RemoteAgent:
             self._client,
             lambda: self.node_id,
             on_revoke=self._revoke,
-            on_unknown_node=self.register,
+            on_unknown_node=self._reregister,
+            on_refused=self._refuse,
         )
         self.runner = JobRunner(provider, self.control, labels=config.labels)
         self._jobs: dict[str, asyncio.Task[None]] = {}
@@ -75,6 +82,24 @@ class RemoteAgent:
         self._stopping = False
         self._execs: set[str] = set()
         self._debugging: set[asyncio.Task[None]] = set()
+        self.refused: Refused | None = None
+        self._refused = asyncio.Event()
+
+    def _refuse(self, exc: Refused) -> None:
+        if self._stopping:
+            log.info("not sent after leaving: %s", exc)
+            return
+        if self.refused is None:
+            self.refused = exc
+            log.error("the server refuses this agent: %s", exc)
+        self._refused.set()
+
+    async def _reregister(self) -> bool:
+        """Register again after a 404; False once the agent is leaving or refused."""
+        if self._stopping or self.refused is not None:
+            return False
+        await self.register()
+        return True
 
     async def register(self) -> None:
         """Register the node (again, keeping its id); retries until the server answers."""
@@ -107,8 +132,18 @@ class RemoteAgent:
         ]
 
     async def run_forever(self) -> None:
+        """Run until stopped; raises Refused when the server refuses the agent for good."""
         await self.start()
-        await asyncio.gather(*self._tasks)
+        refused = asyncio.create_task(self._refused.wait())
+        try:
+            await asyncio.wait([*self._tasks, refused], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+        if self.refused is not None:
+            raise self.refused
+        for t in self._tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
 
     async def stop(self) -> None:
         """Leave: the server fails our jobs over first, then they are stopped here."""
@@ -158,7 +193,11 @@ class RemoteAgent:
                 log.warning("heartbeat failed: %s", exc)
                 continue
             if answer.status_code == 404:
-                await self.register()
+                if not await self._reregister():
+                    return
+            elif answer.status_code in (401, 403):
+                self._refuse(Refused(detail(answer)))
+                return
             elif answer.status_code < 300:
                 for assignment_id in answer.json().get("revoke", []):
                     await self.runner.revoke(assignment_id)
@@ -180,8 +219,12 @@ class RemoteAgent:
                 continue
             if r.status_code == 404:
                 self._cursor = None
-                await self.register()
+                if not await self._reregister():
+                    return
                 continue
+            if r.status_code in (401, 403):
+                self._refuse(Refused(detail(r)))
+                return
             if r.status_code >= 300:
                 log.warning("poll answered %s; retrying in %.1fs", r.status_code, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))

@@ -136,6 +136,9 @@ def create_api(
         "/api/v1/pipelines",
         status_code=201,
         tags=["pipelines"],
+        responses={
+            200: {"description": "the run an earlier request with this Idempotency-Key made"}
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -155,7 +158,7 @@ def create_api(
             str | None,
             Query(max_length=32, description="keep a failed step's worker this long (10m)"),
         ] = None,
-    ) -> dict[str, Any]:
+    ) -> Any:
         """Submit a run of a pipeline written as faena.yml (YAML, or the same as JSON)."""
         body = await _read_body(request, max_body)
         pause = None
@@ -168,7 +171,7 @@ def create_api(
                 raise FaenaError("pause_on_failure must be more than 0 and at most 24h",
                                  code=ErrorCode.ORC_VALID)  # fmt: skip
         filename = x_faena_filename or "faena.yml"
-        return await submit_body(body, idempotency_key, filename, p, pause)
+        return _created(await submit_body(body, idempotency_key, filename, p, pause))
 
     async def submit_body(
         body: bytes,
@@ -247,7 +250,10 @@ def create_api(
         """Cancel a run; idempotent."""
         run_id = await resolve(run_ref)
         await orchestrator.cancel(run_id, f"cancelled by {p.subject}")
-        return {"run_id": run_id, "status": "cancelling"}
+        row = await store.get_run(run_id)
+        state = (row or {}).get("state", "")
+        status = "cancelling" if state not in ("SUCCEEDED", "FAILED", "CANCELLED") else state
+        return {"run_id": run_id, "status": status.lower()}
 
     @api.post("/api/v1/pipelines/{run_ref}/retry", status_code=202, tags=["pipelines"])
     async def retry_run(
@@ -270,6 +276,9 @@ def create_api(
         "/api/v1/jobs",
         status_code=201,
         tags=["jobs"],
+        responses={
+            200: {"description": "the run an earlier request with this Idempotency-Key made"}
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -284,7 +293,7 @@ def create_api(
         request: Request,
         p: Annotated[Principal, Depends(scope("job:create"))],
         idempotency_key: Annotated[str | None, Header()] = None,
-    ) -> dict[str, Any]:
+    ) -> Any:
         """A one-job run: the body is one job as faena.yml writes it (``steps``, ...)."""
         body = await _read_body(request, max_body)
         try:
@@ -301,7 +310,7 @@ def create_api(
             job_id = (run or {}).get("jobs", [{}])[0].get("job_id")
         else:
             job_id = f"{forwarded['run_id']}.1"  # a run's jobs are numbered from 1
-        return {**forwarded, "job_id": job_id}
+        return _created({**forwarded, "job_id": job_id})
 
     @api.post("/api/v1/jobs/{job_id}/retry", status_code=202, tags=["jobs"])
     async def retry_job(
@@ -390,6 +399,13 @@ def create_api(
         api.include_router(make(require=scope))
     problems.document(api)
     return api
+
+
+def _created(answer: dict[str, Any]) -> Any:
+    """201 for a new run; 200 when an Idempotency-Key found the first one."""
+    if answer.get("created", True):
+        return answer
+    return JSONResponse(answer, status_code=200)
 
 
 def yaml_or_json(body: bytes) -> Any:

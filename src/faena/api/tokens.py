@@ -71,6 +71,11 @@ def tokens_router(
     ) -> dict[str, Any]:
         """Issue a token; the answer is the only time its secret is shown. An agent token
         (kind ``agent``) may only register a node and run its jobs."""
+        if body.kind == "agent" and body.scopes:
+            raise FaenaError(
+                "an agent token has the scope node:register only; give no scopes",
+                code=ErrorCode.ORC_VALID,
+            )
         scopes = tuple(AGENT_SCOPES) if body.kind == "agent" else tuple(body.scopes)
         if not scopes:
             raise FaenaError("a user token needs at least one scope", code=ErrorCode.ORC_VALID)

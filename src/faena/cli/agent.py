@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import platform
+import re
 import signal
 import socket
 import sys
@@ -13,6 +14,9 @@ import sys
 from faena.settings import Settings, SettingsError
 
 _ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def parse_capacity(text: str | None) -> dict[str, str]:
@@ -24,6 +28,8 @@ def parse_capacity(text: str | None) -> dict[str, str]:
         key, sep, value = part.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise SettingsError(f"--capacity: expected key=value, got {part!r}")
+        if not LABEL.fullmatch(key.strip()) or not LABEL.fullmatch(value.strip()):
+            raise SettingsError(f"--capacity: {part!r}: names and values are like cpu=4")
         out[key.strip()] = value.strip()
     return out
 
@@ -53,12 +59,23 @@ def agent_command(
         raise SettingsError("no server: give --server URL or set FAENA_SERVER")
     if not secret:
         raise SettingsError("no token: give --token T or set FAENA_TOKEN (an agent token)")
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        raise SettingsError(f"--server {url!r}: expected a URL like http://ci.example:8080")
     cap = parse_capacity(capacity)
     given = [x.strip() for x in (labels or "").split(",") if x.strip()]
+    for label in given:
+        if not LABEL.fullmatch(label):
+            raise SettingsError(
+                f"--labels: {label!r} is not a label (letters, digits, '.', '_', '-'; at most 64)"
+            )
     every = list(dict.fromkeys([*given, *default_labels(provider)]))
     slots = jobs
-    if slots is None and cap.get("cpu", "").isdigit():
-        slots = max(1, int(cap["cpu"]))
+    if "cpu" in cap:
+        cpu = cap["cpu"]
+        if not cpu.isdigit() or not 1 <= int(cpu) <= 1024:
+            raise SettingsError(f"--capacity cpu={cpu}: expected a whole number from 1 to 1024")
+        if slots is None:
+            slots = int(cpu)
     settings = Settings.from_env(jobs=slots)
     config = AgentConfig(
         server=url,
@@ -81,6 +98,7 @@ def agent_command(
 
 
 async def _serve(agent: object) -> int:
+    from faena.agent.http_control_plane import Refused
     from faena.agent.remote import RemoteAgent
 
     assert isinstance(agent, RemoteAgent)
@@ -93,7 +111,12 @@ async def _serve(agent: object) -> int:
     done, _ = await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if runner in done:
         waiter.cancel()
-        runner.result()
+        try:
+            runner.result()
+        except Refused as exc:
+            print(f"error: the server refuses this agent: {exc}", file=sys.stderr)
+            await agent.stop()
+            return 2
         return 1
     print("faena agent: stopping (its jobs move to other nodes)", file=sys.stderr)
     await agent.stop()

@@ -90,8 +90,13 @@ def describe(r: httpx.Response) -> str:
         return f"HTTP {r.status_code}: {r.text[:200]}"
     if not isinstance(body, dict):
         return f"HTTP {r.status_code}: {r.text[:200]}"
-    lines = [f"{body.get('code', r.status_code)}: {body.get('detail', '')}"]
-    for e in body.get("errors", []):
+    errors = body.get("errors") or []
+    detail = body.get("detail", "")
+    if errors:
+        # The detail repeats the errors in one line; each is printed on its own below.
+        detail = f"{len(errors)} error(s)"
+    lines = [f"{body.get('code', r.status_code)}: {detail}"]
+    for e in errors:
         where = e.get("file", "")
         if e.get("line"):
             where += f":{e['line']}:{e.get('column', 0)}"
@@ -143,7 +148,12 @@ def submit_command(
         return _fail(exc)
     run_id = created["run_id"]
     if not follow:
-        print(json.dumps(created) if json_out else f"run {run_id} submitted to {api.base}")
+        if json_out:
+            print(json.dumps(created))
+        else:
+            # The id alone on stdout, so RUN=$(faena submit faena.yml) works.
+            print(run_id)
+            print(f"run {run_id} submitted to {api.base}", file=sys.stderr)
         return 0
     return follow_run(api, run_id, json_out=json_out)
 
@@ -391,9 +401,21 @@ def status_command(
     if json_out:
         print(json.dumps(run))
         return 0
-    print(f"run {run['run_id']} · {run['pipeline']} · {run['state']}")
+    attempt = f" · attempt {run['attempt']}" if run.get("attempt", 1) > 1 else ""
+    print(f"run {run['run_id']} · {run['pipeline']} · {run['state']}{attempt}")
     for job in run["jobs"]:
-        extra = f"  {job['message']}" if job.get("message") else ""
+        notes = []
+        if job.get("attempt", 0) > 1:
+            notes.append(f"attempt {job['attempt']}")
+        if job.get("node_id") and job["state"] in ("SCHEDULED", "RUNNING"):
+            notes.append(f"on {job['node_id']}")
+        if job.get("paused_until"):
+            until = time.strftime("%H:%M:%S", time.localtime(job["paused_until"]))
+            notes.append(f"PAUSED for debugging until {until}: faena exec "
+                         f"{run['run_id']} {job['name']} -- CMD")  # fmt: skip
+        if job.get("message"):
+            notes.append(job["message"])
+        extra = f"  {'; '.join(notes)}" if notes else ""
         print(f"  {job['state']:<10} {job['name']}{extra}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from types import FrameType
 
 from faena.settings import Settings
 
@@ -18,7 +19,7 @@ def server_command(
 
     settings = Settings.from_env(jobs=jobs)
     token = admin_token or os.environ.get("FAENA_ADMIN_TOKEN") or None
-    api, _, created = build_server(settings, token, with_agent=with_agent)
+    api, system, created = build_server(settings, token, with_agent=with_agent)
     if created:
         print(
             f"admin token (shown once; stored hashed in {settings.home}/admin-token.sha256):\n"
@@ -26,8 +27,27 @@ def server_command(
             f"use it as: Authorization: Bearer <token>",
             file=sys.stderr,
         )
-    config = uvicorn.Config(api, host=host, port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(
+        api,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        # Long polls of agents end at once on shutdown; nothing else should take long.
+        timeout_graceful_shutdown=5,
+    )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # Before connections drain: agents that cannot reach a stopping server are
+            # not lost, and their long polls are answered now.
+            try:
+                asyncio.get_running_loop().call_soon_threadsafe(system.begin_shutdown)
+            except RuntimeError:
+                system.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
     print(f"faena server listening on http://{host}:{port} (API under /api/v1)", file=sys.stderr)
     if with_agent:
         print(f"this machine runs jobs too ({settings.jobs} at once)", file=sys.stderr)
@@ -37,4 +57,5 @@ def server_command(
         asyncio.run(server.serve())
     except KeyboardInterrupt:
         return 130
+    print("faena server stopped", file=sys.stderr)
     return 0

@@ -51,17 +51,23 @@ class Dispatcher:
         self.epoch = new_id()[:8]
         self._boxes: dict[str, _Mailbox] = {}
         self._subs: list[Subscription] = []
+        self._closing = False
 
     async def start(self) -> None:
         self._subs.append(
             await self._bus.subscribe("ci.assignment.v1.*", self._on_event, durable="dispatch")
         )
 
-    async def close(self) -> None:
-        for s in self._subs:
-            await s.unsubscribe()
+    def shutdown(self) -> None:
+        """Answer every waiting poll now, and every later one at once: the server stops."""
+        self._closing = True
         for box in self._boxes.values():
             box.wake.set()
+
+    async def close(self) -> None:
+        self.shutdown()
+        for s in self._subs:
+            await s.unsubscribe()
 
     async def _on_event(self, event: Event) -> None:
         p = event.payload
@@ -111,7 +117,7 @@ class Dispatcher:
         acked = self._acked(cursor)
         box = self._boxes.setdefault(node_id, _Mailbox())
         box.messages = [m for m in box.messages if m.seq > acked]
-        if not box.messages:
+        if not box.messages and not self._closing:
             box.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(box.wake.wait(), timeout)

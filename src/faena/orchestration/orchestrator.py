@@ -243,8 +243,9 @@ class Orchestrator:
         if spec_data is None:
             raise NotFound(f"run {run_id}: its pipeline spec is missing from the store")
         h = _Handle(run, PipelineSpec.from_dict(spec_data), {e.idempotency_key for e in events})
-        self._runs[run_id] = h
-        return h
+        # Two loads of one run may overlap across the awaits above: the first one wins, so
+        # every command works on the same handle.
+        return self._runs.setdefault(run_id, h)
 
     def _handle(self, run_id: str) -> _Handle:
         h = self._runs.get(run_id)
@@ -330,7 +331,7 @@ class Orchestrator:
     async def retry(self, run_id: str) -> list[str]:
         """Run a finished run's failed and cancelled jobs again, with everything downstream,
         as a new attempt of the same run; returns the job ids that will run again."""
-        self._runs.pop(run_id, None)  # the stored log is the truth for a finished run
+        # The loaded run, never a reload: commands already queued hold this handle.
         h = await self._load(run_id)
 
         def command(tx: _Tx) -> list[str]:
@@ -871,7 +872,8 @@ def _fail_over(tx: _Tx, h: _Handle, job: JobRun, message: str) -> None:
     if job.cancel_requested or h.run.cancel_requested:
         tx.emit(h, "ci.job.v1.cancelled", {"job_id": job.job_id, "attempt": job.attempt,
                                             "reason": f"cancelled ({message})"})  # fmt: skip
-    elif job.infra_retries < MAX_INFRA_RETRIES:
+    elif job.infra_retries < MAX_INFRA_RETRIES or job.state is JobState.SCHEDULED:
+        # A job that never started has nothing to blame: it goes back in the queue.
         tx.emit(h, *progress.request_action(job.job_id, job.attempt + 1, "infra"))
     else:
         tx.emit(

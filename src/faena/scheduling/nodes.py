@@ -87,6 +87,7 @@ class NodeRegistry:
         self.nodes: dict[str, Node] = {}
         self._task: asyncio.Task[None] | None = None
         self._lost_hooks: list[Callable[[str], None]] = []
+        self._paused = False
 
     def on_lost(self, hook: Callable[[str], None]) -> None:
         """Call ``hook(node_id)`` whenever a node is lost."""
@@ -190,7 +191,8 @@ class NodeRegistry:
     def check_owner(self, node_id: str, owner: str) -> Node:
         """The node, if ``owner`` registered it; raises otherwise."""
         node = self.nodes.get(node_id)
-        if node is None or node.state == "lost":
+        # After a restart a node is "recovering" until its agent registers again.
+        if node is None or node.state != "ready":
             raise UnknownNode(f"node {node_id} is not registered (register again)")
         if node.owner != owner:
             raise NodeOwnedElsewhere(f"node {node_id} belongs to another agent token")
@@ -205,8 +207,14 @@ class NodeRegistry:
     def listing(self) -> list[dict[str, Any]]:
         return [n.to_dict(self._scheduler.load(n.node_id)) for n in self.nodes.values()]
 
+    def pause(self) -> None:
+        """Stop declaring nodes lost: the server itself is going away, not its agents."""
+        self._paused = True
+
     async def check(self) -> None:
         """Lose every node silent for longer than ``missed`` heartbeat intervals."""
+        if self._paused:
+            return
         now = self._clock()
         deadline = now - self.interval * self.missed
         for node in list(self.nodes.values()):
