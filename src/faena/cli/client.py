@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -269,12 +270,18 @@ class FollowView:
         sys.stdout.flush()
 
     def update(self, run: dict[str, Any], lines: list[dict[str, Any]]) -> None:
-        """Starts first, then the output, then the ends: a job's state is read before its
-        lines, and every line of a step is stored before the step's end."""
+        """Print what happened since the last poll in the order it happened: starts,
+        output lines and ends merged by their times (at equal times a start comes
+        before its lines, and its lines before its end)."""
         for job in run["jobs"]:
             self.jobs[job["job_id"]] = job
         self.width = min(30, max((len(j["name"]) for j in self.jobs.values()), default=0))
-        ends: list[dict[str, Any]] = []
+        now_ts = time.time()
+        items: list[tuple[float, int, int, Callable[[], None]]] = []
+
+        def add(at: float | None, rank: int, show: Callable[[], None]) -> None:
+            items.append((at if at is not None else now_ts, rank, len(items), show))
+
         for job in run["jobs"]:
             now = (job["state"], job.get("attempt", 1))
             before = self.seen.get(job["job_id"])
@@ -282,22 +289,24 @@ class FollowView:
                 continue
             self.seen[job["job_id"]] = now
             if now[0] in ENDED:
-                ends.append(job)
+                if self.json_out:
+                    add(job.get("finished_at"), 2, partial(self._job_event, job))
+                else:
+                    add(job.get("finished_at"), 2, partial(self._ended, job))
             elif self.json_out:
-                self._job_event(job)
+                add(job.get("started_at") or job.get("queued_at"), 0,
+                    partial(self._job_event, job))  # fmt: skip
             elif now[0] == "RUNNING":
-                self._started(job, now[1])
+                add(job.get("started_at"), 0, partial(self._started, job, now[1]))
             elif before is not None and before[0] == "RUNNING" and now[1] > before[1]:
                 # Back to the queue with a new attempt: the job's own retry.
                 reason = job.get("message") or job.get("error_code") or "failed"
-                self._state_line(job, "✗", f"failed: {reason} — retrying", None)
+                text = f"failed: {reason} — retrying"
+                add(job.get("queued_at"), 2, partial(self._state_line, job, "✗", text, None))
         for ln in lines:
-            self._line(ln)
-        for job in ends:
-            if self.json_out:
-                self._job_event(job)
-            else:
-                self._ended(job)
+            add(ln.get("ts"), 1, partial(self._line, ln))
+        for *_, show in sorted(items, key=lambda i: i[:3]):
+            show()
         sys.stdout.flush()
 
     def _job_event(self, job: dict[str, Any]) -> None:

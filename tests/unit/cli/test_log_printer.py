@@ -88,3 +88,30 @@ def test_without_follow_a_running_run_prints_what_there_is(
     out = capsys.readouterr().out.splitlines()
     assert out[:2] == ["=== a [RUNNING]", "--- 0"]
     assert out[2].endswith(" x") and out[2][2] == ":" and out[2][8] == "."
+
+
+def test_follow_view_prints_what_happened_between_polls_in_time_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from faena.cli.client import FollowView
+
+    view = FollowView(json_out=True)
+    produce = {"job_id": "r.1", "name": "produce", "state": "SUCCEEDED", "attempt": 1,
+               "started_at": 10.0, "finished_at": 12.0}  # fmt: skip
+    consume = {"job_id": "r.2", "name": "consume", "state": "RUNNING", "attempt": 1,
+               "started_at": 12.5}  # fmt: skip
+    lines = [
+        {"job_id": "r.1", "attempt": 1, "step_index": 0, "stream": "stdout", "ts": t,
+         "text": f"line {t}"}
+        for t in (10.5, 11.0, 11.5)
+    ]  # fmt: skip
+    view.update({"run_id": "r", "jobs": [produce, consume]}, lines)
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    order = [(o["type"], o.get("job"), o.get("state") or o.get("text")) for o in out]
+    assert order == [
+        ("log", "produce", "line 10.5"),
+        ("log", "produce", "line 11.0"),
+        ("log", "produce", "line 11.5"),
+        ("job", "produce", "SUCCEEDED"),
+        ("job", "consume", "RUNNING"),
+    ]
