@@ -280,6 +280,7 @@ def build_server(
         shutdown=stop,
         wakeup=wakeup,
         bus=system.bus,
+        why_waiting=system.scheduler.why_waiting,
         routers=[
             partial(
                 agent_router,

@@ -5,13 +5,24 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from remote_harness import Proc, Server, make_agent, make_server, pid_alive, wait_until
+from remote_harness import (
+    ADMIN,
+    FAENA_CMD,
+    Proc,
+    Server,
+    clean_env,
+    make_agent,
+    make_server,
+    pid_alive,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -408,3 +419,23 @@ def test_a_paused_failed_job_takes_commands_then_resumes(
     started, finished = audit
     assert started["payload"]["by"] == "admin" and "exit 7" in started["payload"]["command"]
     assert finished["payload"]["exit_code"] == 7
+
+
+def test_a_job_no_node_can_take_says_why_it_waits(tmp_path: Path, procs: list[Proc]) -> None:
+    server = start(procs, make_server(tmp_path))
+    assert isinstance(server, Server)
+    run_id = server.submit(
+        "name: gpu\njobs:\n  train:\n    runs-on: gpu\n    steps: [{run: 'true'}]\n"
+    )
+
+    def waiting() -> str | None:
+        job = server.run(run_id)["jobs"][0]
+        return job.get("waiting") if job["state"] == "PENDING" else None
+
+    assert wait_until(waiting, what="the reason") == "no node has all the labels gpu"
+    status = subprocess.run(
+        [*FAENA_CMD, "status", run_id, "--server", server.url, "--token", ADMIN],
+        env=clean_env(XDG_CONFIG_HOME=str(tmp_path / "xdg")), capture_output=True, text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert "waiting: no node has all the labels gpu" in status.stdout, status

@@ -71,6 +71,7 @@ def create_api(
     routers: Sequence[Callable[..., APIRouter]] = (),
     wakeup: Wakeup | None = None,
     bus: EventBus | None = None,
+    why_waiting: Callable[[str], str | None] = lambda job_id: None,
 ) -> FastAPI:
     """The ASGI app; ``lifespan``/``shutdown`` start and stop the system around it.
     ``routers`` add the routes of other contexts: each is called with ``require=``, the
@@ -241,7 +242,14 @@ def create_api(
         row = await store.get_run(await resolve(run_ref))
         if row is None:
             raise NotFound(f"no run {run_ref}")
-        return row
+        return {**row, "jobs": [explained(j) for j in row.get("jobs", [])]}
+
+    def explained(job: dict[str, Any]) -> dict[str, Any]:
+        """A queued job with why it waits (``waiting``), when the scheduler knows."""
+        if job.get("state") != "PENDING":
+            return job
+        reason = why_waiting(str(job["job_id"]))
+        return {**job, "waiting": reason} if reason else job
 
     @api.post("/api/v1/pipelines/{run_ref}/cancel", status_code=202, tags=["pipelines"])
     async def cancel_run(
@@ -269,7 +277,7 @@ def create_api(
         run = await store.get_run(run_of(job_id)) if "." in job_id else None
         for job in (run or {}).get("jobs", []):
             if job["job_id"] == job_id:
-                return dict(job)
+                return explained(dict(job))
         raise NotFound(f"no job {job_id}")
 
     @api.post(

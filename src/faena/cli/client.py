@@ -422,6 +422,8 @@ def status_command(
             until = time.strftime("%H:%M:%S", time.localtime(job["paused_until"]))
             notes.append(f"PAUSED for debugging until {until}: faena exec "
                          f"{run['run_id']} {job['name']} -- CMD")  # fmt: skip
+        if job.get("waiting"):
+            notes.append(f"waiting: {job['waiting']}")
         if job.get("message"):
             notes.append(job["message"])
         extra = f"  {'; '.join(notes)}" if notes else ""

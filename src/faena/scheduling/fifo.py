@@ -281,3 +281,8 @@ class FifoScheduler:
                     self._release(item.job_id)
                 return None, f"job {job_id} no longer waits for a placement"
             return node.node_id, None
+
+    def why_waiting(self, job_id: str) -> str | None:
+        """Why a queued job is not placed yet (no node with its labels, all busy), or None."""
+        queued = self.queued_job(job_id)
+        return self.explain(queued[1]) if queued is not None else None
