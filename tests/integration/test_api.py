@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from api_server import served
 
 from faena.app import build_server
 from faena.settings import Settings
@@ -27,32 +26,14 @@ jobs:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @asynccontextmanager
 async def serve(home: Path) -> AsyncIterator[httpx.AsyncClient]:
     """A real server on a free port over ``home``; stopped (cleanly) on exit."""
     api, _, created = build_server(Settings(home=home, jobs=2), TOKEN)
     assert created is None
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(20):
-        while not server.started:
-            await asyncio.sleep(0.02)
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as c:
-            yield c
-    finally:
-        server.should_exit = True
-        await task
+    async with served(api) as url, httpx.AsyncClient(base_url=url, headers=headers) as c:
+        yield c
 
 
 @pytest.fixture

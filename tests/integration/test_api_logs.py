@@ -7,14 +7,13 @@ its problem handlers.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from api_server import served
 
 from faena.app import build_server
 from faena.settings import Settings
@@ -36,28 +35,12 @@ jobs:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     api, _, _ = build_server(Settings(home=tmp_path / "home", jobs=2), TOKEN)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(20):
-        while not server.started:
-            await asyncio.sleep(0.02)
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as c:
+    async with served(api) as url, httpx.AsyncClient(base_url=url, headers=headers) as c:
         yield c
-    server.should_exit = True
-    await task
 
 
 async def submit(client: httpx.AsyncClient, text: str = PIPELINE) -> str:

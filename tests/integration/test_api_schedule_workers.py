@@ -7,7 +7,6 @@ provider and the scheduling and workers routers added.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -16,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from api_server import served
 
 from faena.api.agents import agent_router
 from faena.api.app import create_api
@@ -65,12 +64,6 @@ jobs:
       - run: echo "hello from $FAENA_WORKER_ID"
       - run: echo "second step" >&2
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -135,21 +128,9 @@ async def serve(
             ),
         ],
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(20):
-        while not server.started:
-            await asyncio.sleep(0.02)
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as c:
-            yield Server(c, system, pool)
-    finally:
-        server.should_exit = True
-        await task
+    async with served(api) as url, httpx.AsyncClient(base_url=url, headers=headers) as c:
+        yield Server(c, system, pool)
 
 
 async def submit(client: httpx.AsyncClient, pipeline: str) -> dict[str, Any]:

@@ -19,11 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from faena.api import problems
 from faena.api.telemetry import telemetry_router
 from faena.app import App
-from faena.domain.errors import ErrorCode, FaenaError, NotFound
 from faena.security.port import Forbidden, Principal, Unauthenticated
 from faena.settings import Settings
 from faena.spec import parse_pipeline
-from faena.store.port import AmbiguousRef
 from faena.store.sql import SqlStore
 from faena.telemetry.asgi import RequestMetrics
 from faena.telemetry.metrics import Metrics, MetricsRecorder
@@ -89,15 +87,6 @@ class Served:
 
 
 def build_api(system: App, metrics: Metrics, scrape_token: str | None) -> FastAPI:
-    async def resolve_run(ref: str) -> str:
-        try:
-            run_id = await system.store.resolve_run_id(ref)
-        except AmbiguousRef as exc:
-            raise FaenaError(exc.message, code=ErrorCode.ORC_VALID) from exc
-        if run_id is None:
-            raise NotFound(f"no run {ref}")
-        return run_id
-
     api = FastAPI()
     problems.install(api)
     api.add_middleware(RequestMetrics, metrics=metrics)
@@ -106,8 +95,6 @@ def build_api(system: App, metrics: Metrics, scrape_token: str | None) -> FastAP
             metrics=metrics,
             store=system.store,
             require=require,
-            # The guarded app tries the default: refs resolved through the store.
-            resolve_run=None if scrape_token else resolve_run,
             scrape_token=scrape_token,
         )
     )

@@ -28,7 +28,7 @@ from faena.domain.events import subject_matches
 from faena.orchestration.orchestrator import Orchestrator, run_of
 from faena.security.port import Authenticator, Authorizer, Principal
 from faena.spec import parse_pipeline
-from faena.store.port import AmbiguousRef, IdempotencyRecord, Store
+from faena.store.port import IdempotencyRecord, Store, resolve_run
 
 IDEMPOTENCY_TTL = 24 * 3600.0
 MAX_BODY = 1 << 20
@@ -106,13 +106,7 @@ def create_api(
         return check
 
     async def resolve(ref: str) -> str:
-        try:
-            run_id = await store.resolve_run_id(ref)
-        except AmbiguousRef as exc:
-            raise FaenaError(exc.message, code=ErrorCode.ORC_VALID) from exc
-        if run_id is None:
-            raise NotFound(f"no run {ref}")
-        return run_id
+        return await resolve_run(store, ref)
 
     @api.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -16,7 +16,7 @@ from faena.domain.errors import ErrorCode, FaenaError, NotFound
 from faena.domain.events import new_id
 from faena.orchestration.debug import DebugBroker
 from faena.security.port import Principal
-from faena.store.port import AmbiguousRef, Store
+from faena.store.port import Store, resolve_run
 
 
 class ExecBody(BaseModel):
@@ -49,11 +49,8 @@ def debug_router(
             if "." not in job_ref:
                 raise FaenaError("give the run, or the job's full id", code=ErrorCode.ORC_VALID)
             run_ref = job_ref.rsplit(".", 1)[0]
-        try:
-            run_id = await store.resolve_run_id(run_ref)
-        except AmbiguousRef as exc:
-            raise FaenaError(exc.message, code=ErrorCode.ORC_VALID) from None
-        row = await store.get_run(run_id) if run_id else None
+        run_id = await resolve_run(store, run_ref)
+        row = await store.get_run(run_id)
         if row is None:
             raise NotFound(f"no run {run_ref}")
         jobs = row.get("jobs", [])

@@ -14,9 +14,9 @@ module to read a local store and must not pay FastAPI's start-up (~0.5 s).
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
-from faena.domain.errors import ErrorCode, FaenaError, NotFound
+from faena.domain.errors import NotFound
 from faena.security.port import Principal
-from faena.store.port import AmbiguousRef, LogLine, Store
+from faena.store.port import LogLine, Store, resolve_run
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -89,12 +89,7 @@ async def read_log_page(
 
     Raises NotFound for an unknown run or job, FaenaError (ORC-VALID) for an ambiguous
     prefix."""
-    try:
-        run_id = await store.resolve_run_id(run_ref)
-    except AmbiguousRef as exc:
-        raise FaenaError(exc.message, code=ErrorCode.ORC_VALID) from exc
-    if run_id is None:
-        raise NotFound(f"no run matches '{run_ref}'")
+    run_id = await resolve_run(store, run_ref)
     # The run first, the lines after: a finished state means every line is already stored.
     run = await store.get_run(run_id)
     if run is None:

@@ -8,7 +8,7 @@ definition time (see ``faena.api.app``).
 import asyncio
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
@@ -16,9 +16,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 
 from faena.api import problems
-from faena.domain.errors import ErrorCode, FaenaError, NotFound
+from faena.domain.errors import ErrorCode, NotFound
 from faena.domain.states import JobState
-from faena.store.port import AmbiguousRef, Store
+from faena.store.port import Store, resolve_run
 from faena.telemetry.asgi import TENANT_STATE
 from faena.telemetry.metrics import Metrics
 from faena.telemetry.traces import build_trace, trace_id_for
@@ -34,14 +34,11 @@ def telemetry_router(
     metrics: Metrics,
     store: Store,
     require: Callable[[str], Any],
-    resolve_run: Callable[[str], Awaitable[str]] | None = None,
     scrape_token: str | None = None,
 ) -> APIRouter:
-    """The routes; ``require(scope)`` is a dependency that authenticates and authorizes,
-    ``resolve_run`` turns a run ref (id, prefix, ``last``) into a run id or raises (by
-    default through ``store.resolve_run_id``)."""
+    """The routes; ``require(scope)`` is a dependency that authenticates and authorizes."""
     router = APIRouter()
-    resolve = resolve_run if resolve_run is not None else partial(_resolve, store)
+    resolve = partial(resolve_run, store)
 
     @router.get(
         "/metrics",
@@ -154,16 +151,6 @@ def _ui_job(run: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
         "steps_done": sum(1 for s in steps if s.get("state") in _STEP_DONE),
         "trace_id": trace_id_for(str(run.get("run_id", ""))),
     }
-
-
-async def _resolve(store: Store, ref: str) -> str:
-    try:
-        run_id = await store.resolve_run_id(ref)
-    except AmbiguousRef as exc:
-        raise FaenaError(exc.message, code=ErrorCode.ORC_VALID) from exc
-    if run_id is None:
-        raise NotFound(f"no run {ref}")
-    return run_id
 
 
 def _bearer_matches(authorization: str | None, token: str) -> bool:

@@ -201,23 +201,28 @@ class FifoScheduler:
                 if node is None:
                     i += 1
                     continue
-                self._dequeue(i)
-                self._held[item.job_id] = (item.attempt, node.node_id)
-                node.held.add(item.job_id)
-                try:
-                    assignment = await self._recorder.create_assignment(
-                        item.job_id, item.attempt, node.node_id, POLICY
-                    )
-                except Exception:
-                    # Keep the job first in line and its slot free for the next try.
-                    self._release(item.job_id)
-                    self._enqueue(item, at=i)
-                    raise
-                if assignment is None and self._held.get(item.job_id) == (
-                    item.attempt,
-                    node.node_id,
-                ):
-                    self._release(item.job_id)
+                await self._assign(i, node)
+
+    async def _assign(self, index: int, node: NodeSlots) -> bool:
+        """Place the queued item at ``index`` on ``node``; False if the job no longer
+        waits for a placement. Caller holds ``_placing``."""
+        item = self._dequeue(index)
+        self._held[item.job_id] = (item.attempt, node.node_id)
+        node.held.add(item.job_id)
+        try:
+            assignment = await self._recorder.create_assignment(
+                item.job_id, item.attempt, node.node_id, POLICY
+            )
+        except Exception:
+            # Keep the job where it was in line and its slot free for the next try.
+            self._release(item.job_id)
+            self._enqueue(item, at=index)
+            raise
+        if assignment is None:
+            if self._held.get(item.job_id) == (item.attempt, node.node_id):
+                self._release(item.job_id)
+            return False
+        return True
 
     # -- placing on request (POST /schedule) ---------------------------------------------
 
@@ -265,20 +270,7 @@ class FifoScheduler:
             node = self._pick(item.runs_on)
             if node is None:
                 return None, self.explain(item.runs_on) or "no node can take it now"
-            self._dequeue(index)
-            self._held[item.job_id] = (item.attempt, node.node_id)
-            node.held.add(item.job_id)
-            try:
-                assignment = await self._recorder.create_assignment(
-                    item.job_id, item.attempt, node.node_id, POLICY
-                )
-            except Exception:
-                self._release(item.job_id)
-                self._enqueue(item, at=index)
-                raise
-            if assignment is None:
-                if self._held.get(item.job_id) == (item.attempt, node.node_id):
-                    self._release(item.job_id)
+            if not await self._assign(index, node):
                 return None, f"job {job_id} no longer waits for a placement"
             return node.node_id, None
 

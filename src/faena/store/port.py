@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from faena.domain.errors import FaenaError
+from faena.domain.errors import ErrorCode, FaenaError, NotFound
 from faena.domain.events import Event
 
 
@@ -186,3 +186,15 @@ class Store(Protocol):
     async def revoke_token(self, token_id: str, at: float) -> bool:
         """Mark revoked at ``at``, keeping an earlier revocation; False if unknown."""
         ...
+
+
+async def resolve_run(store: Store, ref: str) -> str:
+    """The run id ``ref`` names (an id, a unique prefix, or ``last``); raises NotFound,
+    or FaenaError (ORC-VALID) for an ambiguous prefix."""
+    try:
+        run_id = await store.resolve_run_id(ref)
+    except AmbiguousRef as exc:
+        raise FaenaError(exc.message, code=ErrorCode.ORC_VALID) from exc
+    if run_id is None:
+        raise NotFound(f"no run matches '{ref}'")
+    return run_id
