@@ -334,3 +334,18 @@ async def test_a_storm_of_retries_never_leaves_a_run_stuck(client: httpx.AsyncCl
     assert run["state"] == "FAILED"
     assert run["attempt"] == accepted + 1
     assert [j["state"] for j in run["jobs"]] == ["FAILED", "SKIPPED"]
+
+
+async def test_a_client_job_id_makes_a_repeated_post_jobs_a_no_op(
+    client: httpx.AsyncClient,
+) -> None:
+    job = {"id": "build", "client_job_id": "ci-4711", "steps": [{"run": "true"}]}
+    first = await client.post("/api/v1/jobs", json=job)
+    again = await client.post("/api/v1/jobs", json=job)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["run_id"] == first.json()["run_id"]
+    assert again.json()["job_id"] == first.json()["job_id"]
+    other = await client.post("/api/v1/jobs", json={**job, "steps": [{"run": "false"}]})
+    assert other.status_code == 422  # the same client job id for another job
+    fresh = await client.post("/api/v1/jobs", json={**job, "client_job_id": "ci-4712"})
+    assert fresh.status_code == 201 and fresh.json()["run_id"] != first.json()["run_id"]

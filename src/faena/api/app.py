@@ -296,7 +296,8 @@ def create_api(
         p: Annotated[Principal, Depends(scope("job:create"))],
         idempotency_key: Annotated[str | None, Header()] = None,
     ) -> Any:
-        """A one-job run: the body is one job as faena.yml writes it (``steps``, ...)."""
+        """A one-job run: the body is one job as faena.yml writes it (``steps``, ...).
+        ``client_job_id`` in the body, like ``Idempotency-Key``, makes a repeat a no-op."""
         body = await _read_body(request, max_body)
         try:
             job = yaml_or_json(body)
@@ -304,9 +305,13 @@ def create_api(
             raise FaenaError(str(exc), code=ErrorCode.ORC_VALID) from None
         if not isinstance(job, dict):
             raise FaenaError("the body must be one job (a mapping)", code=ErrorCode.ORC_VALID)
+        client_job_id = job.pop("client_job_id", None)
+        if client_job_id is not None and not isinstance(client_job_id, str | int):
+            raise FaenaError("client_job_id must be a string", code=ErrorCode.ORC_VALID)
+        key = idempotency_key or (f"client-job:{client_job_id}" if client_job_id else None)
         name = str(job.pop("id", None) or "job")
         wrapped = json.dumps({"name": name, "jobs": {name: job}}).encode()
-        forwarded = await submit_body(wrapped, idempotency_key, "job.json", p)
+        forwarded = await submit_body(wrapped, key, "job.json", p)
         if "matrix" in job or "strategy" in job:
             run = await store.get_run(forwarded["run_id"])
             job_id = (run or {}).get("jobs", [{}])[0].get("job_id")
