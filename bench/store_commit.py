@@ -1,6 +1,7 @@
 """Store latency per operation: MemoryStore against SqlStore on SQLite, in the same run.
 
     .venv/bin/python bench/store_commit.py [--commits 2000] [--jobs 500] [--reads 300]
+        [--url postgresql+asyncpg://user@127.0.0.1:5432/db]
 
 Prints one JSON object per figure (mean and p95 in milliseconds), then, per operation,
 the SQLite/memory ratio of the means. The typical commit is what the orchestrator writes
@@ -11,6 +12,8 @@ without the orchestrator's group commit). ``get_run_<N>_jobs`` reads a run of ``
 jobs; the other reads are the event log of one run, 50-line log appends, 200-line log
 reads from a run of 15,000 lines, and the relay's loop (a 20-event outbox page, then
 mark_published). SQLite runs in a temporary directory, on the URL the app passes.
+``--url`` measures SqlStore on that database too (store "postgresql" for a PostgreSQL
+URL): give it an empty database, the bench leaves its rows there.
 """
 
 from __future__ import annotations
@@ -148,6 +151,7 @@ async def main() -> int:
     parser.add_argument("--commits", type=int, default=2000)
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--reads", type=int, default=300)
+    parser.add_argument("--url", help="also measure SqlStore on this (empty) database")
     args = parser.parse_args()
 
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -164,13 +168,25 @@ async def main() -> int:
         finally:
             await sqlite.close()
 
+    if args.url:
+        other = SqlStore(args.url)
+        await other.open()
+        try:
+            # Named by database: "postgresql" for postgresql+asyncpg://...
+            results[args.url.split(":", 1)[0].split("+", 1)[0]] = await measure(other, args)
+        finally:
+            await other.close()
+
     for store_name, figures in results.items():
         for bench, figure in figures.items():
             emit({"bench": bench, "store": store_name} | figure)
-    for bench, figure in results["sqlite"].items():
-        base = results["memory"][bench]["mean_ms"]
-        ratio = figure["mean_ms"] / base if base else float("inf")
-        emit({"bench": bench, "ratio_sqlite_memory": round(ratio, 1)})
+    for store_name in results:
+        if store_name == "memory":
+            continue
+        for bench, figure in results[store_name].items():
+            base = results["memory"][bench]["mean_ms"]
+            ratio = figure["mean_ms"] / base if base else float("inf")
+            emit({"bench": bench, f"ratio_{store_name}_memory": round(ratio, 1)})
     return 0
 
 

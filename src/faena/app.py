@@ -14,6 +14,7 @@ from faena.agent.embedded import EmbeddedAgent
 from faena.agent.remote import AgentConfig, RemoteAgent
 from faena.agent.runner import JobRunner
 from faena.bus.memory import MemoryBus
+from faena.bus.port import EventBus
 from faena.bus.relay import OutboxRelay
 from faena.domain.events import Event
 from faena.domain.states import JobState
@@ -49,15 +50,30 @@ def step_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 def open_store(settings: Settings) -> Store:
     """The store the settings name, not yet opened (for read-only commands)."""
     url = settings.db_url
-    if not url.startswith("sqlite"):
+    if url.startswith("postgres://") or url.startswith("postgresql://"):
+        # asyncpg is the driver: the async engine path of SqlStore.
+        url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if not url.startswith(("sqlite", "postgresql+asyncpg://")):
         raise SettingsError(
-            f"FAENA_DATABASE_URL={url!r}: this version stores runs in SQLite only "
-            "(sqlite:///path/to/faena.db); PostgreSQL comes with the distributed shape"
+            f"FAENA_DATABASE_URL={url!r}: use sqlite:///path/to/faena.db or "
+            "postgresql://user@host:port/database"
         )
     try:
         return SqlStore(url)
     except Exception as exc:
         raise SettingsError(f"FAENA_DATABASE_URL={url!r} is not a usable URL: {exc}") from exc
+
+
+def open_bus(settings: Settings) -> EventBus:
+    """The bus the settings name: in-process, or NATS JetStream (``FAENA_BUS_URL``)."""
+    url = settings.bus_url
+    if not url:
+        return MemoryBus()
+    if not url.startswith(("nats://", "tls://")):
+        raise SettingsError(f"FAENA_BUS_URL={url!r}: use nats://host:4222")
+    from faena.bus.nats import JetStreamBus
+
+    return JetStreamBus(url)
 
 
 class App:
@@ -72,10 +88,11 @@ class App:
         provider: WorkerProvider | None = None,
         local_agent: bool = True,
         metrics: Metrics | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.settings = settings
         self.store: Store = store or open_store(settings)
-        self.bus = MemoryBus()
+        self.bus: EventBus = bus or open_bus(settings)
         self.relay = OutboxRelay(self.store, self.bus)
         self.orchestrator = Orchestrator(self.store, self.relay, tenant=settings.tenant)
         self.logs = LogRecorder(self.store, self.bus)
@@ -126,9 +143,10 @@ class App:
         await self.bus.start()
         if self.recorder is not None:
             await self.recorder.start()
-        # In-process subscribers of a dead process are gone with it: nothing to redeliver.
-        # ``resume`` re-derives what a run still needs from its event log.
-        await self.relay.start(republish=False)
+        # In-process subscribers of a dead process are gone with it: nothing to redeliver
+        # (``resume`` re-derives what a run needs from its event log). A durable bus's
+        # consumers are still there: they get what was committed but never published.
+        await self.relay.start(republish=self.settings.bus_url is not None)
         await self.logs.start()
         await self.orchestrator.start()
         await self.scheduler.start()
@@ -249,7 +267,9 @@ def build_server(
 
     metrics = Metrics()
     system = App(settings, local_agent=with_agent, metrics=metrics)
-    metrics.add_queue_source(system.bus.depths)
+    depths = getattr(system.bus, "depths", None)
+    if depths is not None:
+        metrics.add_queue_source(depths)
     digest, created = admin_token_hash(settings.home, admin_token)
     authenticator = StoredTokenAuthenticator(system.store, TokenAuthenticator({digest: ADMIN}))
 

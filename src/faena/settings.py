@@ -34,6 +34,7 @@ class Settings:
     tenant: str = "default"
     heartbeat_interval: float = 5.0
     metrics_token: str | None = None
+    bus_url: str | None = None
 
     @property
     def db_url(self) -> str:
@@ -71,6 +72,8 @@ class Settings:
                 ) from None
             if not 0.05 <= float(raw) <= 3600:
                 raise SettingsError("FAENA_HEARTBEAT_INTERVAL must be between 0.05 and 3600")
+        if e.get("FAENA_BUS_URL"):
+            values["bus_url"] = e["FAENA_BUS_URL"]
         if e.get("FAENA_METRICS_TOKEN"):
             values["metrics_token"] = e["FAENA_METRICS_TOKEN"]
         if e.get("FAENA_DATABASE_URL"):

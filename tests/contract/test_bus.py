@@ -1,10 +1,13 @@
-"""One contract for every EventBus adapter (memory now; NATS JetStream joins later)."""
+"""One contract for every EventBus adapter: in-process (memory) and NATS JetStream.
+
+The NATS adapter runs against a real ``nats-server -js`` started per test (tests/conftest.py,
+``nats_server``): a fresh server, store and stream for each test.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 
@@ -12,12 +15,27 @@ from faena.bus.memory import MemoryBus
 from faena.bus.port import EventBus
 from faena.domain.events import Event, make_event
 
-ADAPTERS: dict[str, Callable[[], Any]] = {"memory": MemoryBus}
+
+def memory_bus(request: pytest.FixtureRequest) -> EventBus:
+    return MemoryBus()
+
+
+def nats_bus(request: pytest.FixtureRequest) -> EventBus:
+    from faena.bus.nats import JetStreamBus
+
+    server = request.getfixturevalue("nats_server")
+    return JetStreamBus(server.url, stream="FAENA_CONTRACT", fetch_timeout=1.0)
+
+
+ADAPTERS: dict[str, Callable[[pytest.FixtureRequest], EventBus]] = {
+    "memory": memory_bus,
+    "nats": nats_bus,
+}
 
 
 @pytest.fixture(params=sorted(ADAPTERS))
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[EventBus]:
-    b: EventBus = ADAPTERS[request.param]()
+    b: EventBus = ADAPTERS[request.param](request)
     await b.start()
     yield b
     await b.close()
@@ -156,3 +174,67 @@ async def test_ping_answers_while_started(bus: EventBus) -> None:
     await bus.close()
     with pytest.raises(Exception):  # noqa: B017 - each adapter raises its own error
         await bus.ping()
+
+
+async def test_delivers_the_envelope_unchanged(bus: EventBus) -> None:
+    got: list[Event] = []
+
+    async def handler(e: Event) -> None:
+        got.append(e)
+
+    await bus.subscribe("ci.>", handler, durable="envelope")
+    original = make_event(
+        "ci.step.v1.completed",
+        {"step_id": "s", "result_ref": "r", "duration_ms": 12, "nested": {"a": [1, "x"]}},
+        correlation_id="run-1",
+        tenant_id="acme",
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )
+    await bus.publish([original])
+    await wait_for(lambda: len(got) == 1)
+    assert got[0] == original
+
+
+async def test_a_retry_keeps_publish_order(bus: EventBus) -> None:
+    got: list[str] = []
+    failed: set[str] = set()
+
+    async def handler(e: Event) -> None:
+        job = e.payload["job_id"]
+        if job == "j1" and job not in failed:
+            failed.add(job)
+            raise RuntimeError("transient")
+        got.append(job)
+
+    await bus.subscribe("ci.job.>", handler, durable="ordered", retry_delay=0.05)
+    await bus.publish([job_event(f"j{i}") for i in range(5)])
+    await wait_for(lambda: len(got) == 5)
+    assert got == [f"j{i}" for i in range(5)]
+
+
+async def test_redelivery_is_the_same_event(bus: EventBus) -> None:
+    seen: list[Event] = []
+
+    async def flaky(e: Event) -> None:
+        seen.append(e)
+        if len(seen) < 2:
+            raise RuntimeError("transient")
+
+    await bus.subscribe("ci.job.>", flaky, durable="same", retry_delay=0.01)
+    await bus.publish([job_event("x")])
+    await wait_for(lambda: len(seen) == 2)
+    assert seen[0] == seen[1]
+
+
+async def test_a_new_subscription_starts_at_the_present(bus: EventBus) -> None:
+    got: list[str] = []
+
+    async def handler(e: Event) -> None:
+        got.append(e.payload["job_id"])
+
+    await bus.publish([job_event("before")])
+    await bus.subscribe("ci.job.>", handler, durable="late")
+    await bus.publish([job_event("after")])
+    await wait_for(lambda: len(got) == 1)
+    await asyncio.sleep(0.05)
+    assert got == ["after"]

@@ -31,8 +31,7 @@ ADAPTERS = [
     "memory",
     "sqlite",  # the stdlib driver on the store's own thread (the default)
     "sqlite-async",  # aiosqlite through AsyncConnection.run_sync: PostgreSQL's code path
-    # POSTGRESQL: the later issue that brings the PostgreSQL server fixture adds "postgresql"
-    # here and a branch in `make_store` pointing SqlStore at a fresh database on that server.
+    "postgres",  # asyncpg on a real server (tests/postgres.py), a new database per test
 ]
 
 # Adapters that keep their data across instances (restarts), and the SQLite-only checks.
@@ -48,10 +47,13 @@ def adapter(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_store(adapter: str, tmp_path: Path) -> StoreFactory:
+def make_store(adapter: str, tmp_path: Path, request: pytest.FixtureRequest) -> StoreFactory:
     """Builds a new store object over the same storage on every call (reopen = restart)."""
     if adapter == "memory":
         return MemoryStore
+    if adapter == "postgres":
+        postgres_url = str(request.getfixturevalue("postgres_url"))
+        return lambda: SqlStore(postgres_url)
     url = f"sqlite+aiosqlite:///{tmp_path / 'state' / 'faena.db'}"
     if adapter == "sqlite":
         return lambda: SqlStore(url)

@@ -226,7 +226,7 @@ def test_bad_settings_in_the_environment_are_clear_errors(faena):
     for env, needle in (
         ({"FAENA_JOBS": "abc"}, "FAENA_JOBS"),
         ({"FAENA_KEEP_WORKSPACE": "maybe"}, "FAENA_KEEP_WORKSPACE"),
-        ({"FAENA_DATABASE_URL": "postgresql://x@h/db"}, "SQLite only"),
+        ({"FAENA_DATABASE_URL": "mysql://x@h/db"}, "postgresql://user@host"),
     ):
         result = faena("runs", env=env)
         assert result.returncode == 2, (env, result.stderr)

@@ -299,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = command_parser(top.command).parse_intermixed_args(rest)
     args.command = top.command
     args.command_line = command_line
+    from faena.domain.errors import FaenaError
     from faena.settings import SettingsError
 
     try:
@@ -308,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = EXIT_INVALID
+    except (FaenaError, ConnectionError) as exc:
+        # The store or the bus cannot be reached: said plainly, not as a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_FAILED
     except BrokenPipeError:
         # `faena logs ... | head`: the reader left; say nothing more (Python's recipe).
         devnull = os.open(os.devnull, os.O_WRONLY)

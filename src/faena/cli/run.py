@@ -81,7 +81,7 @@ async def _drive(
     try:
         await app.start()
     except Exception as exc:
-        print(f"error: cannot open the store at {settings.db_url}: {exc}", file=sys.stderr)
+        print(f"error: cannot start: {exc}", file=sys.stderr)
         await app.close()
         return EXIT_FAILED
     lock: RunLock | None = None
@@ -146,8 +146,10 @@ async def _drive(
             run = await waiter
         except asyncio.CancelledError:
             return EXIT_INTERRUPTED
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(app.bus.drain(), timeout=5)
+        drain = getattr(app.bus, "drain", None)  # the in-process bus: let the display catch up
+        if drain is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(drain(), timeout=5)
         display.finish(run)
         if settings.keep_workspace:
             display.note(f"workspaces kept in {settings.workspaces.resolve()}/<worker>/workspace "

@@ -11,7 +11,31 @@ once in Core and run whole by a backend:
   which keeps this path tested): on the event loop via ``AsyncConnection.run_sync``.
 
 Everything else that differs between the two databases sits behind ``_Dialect`` (the upsert
-construct, how a write transaction begins, whether writes are serialised in-process).
+construct, how a write transaction begins, whether writes are serialised in-process, the
+locks PostgreSQL needs for what SQLite's single writer gives for free).
+
+PostgreSQL runs transactions concurrently (READ COMMITTED, one transaction per write
+operation), from several tasks and possibly several control-plane replicas. Where order
+matters, a transaction-scoped advisory lock serialises the writers:
+
+- The event log (and outbox): a sequence hands out ``seq`` at INSERT, not at COMMIT, so two
+  concurrent commits could become visible out of order and a reader paging with
+  ``events_after(cursor)`` would skip the one that commits last. Commits that log events
+  or add jobs hold one lock; that also keeps a run's job positions (``_NEXT_POSITION``)
+  distinct. Seqs are increasing in commit order; they may have gaps (a rolled-back
+  commit, an event already stored: PostgreSQL draws the seq before it sees the conflict).
+- Log lines: the same holds for a run's lines and ``read_logs(after_id=...)``; the lock
+  is per run, so runs append in parallel.
+- Migrations: replicas starting together on an empty database migrate it once.
+
+The outbox needs no claim: each process publishes what it commits and marks it published
+(OutboxRelay), and scans ``outbox_pending`` only to catch up. Two replicas catching up at
+once publish some events twice, which at-least-once delivery allows (consumers dedupe by
+event_id and their inbox). A claim (SELECT ... FOR UPDATE SKIP LOCKED) would not remove
+that: a row lock lasts only as long as its transaction, and publishing inside one would
+hold it across a network call; a lease column would be a schema change. Running the
+catch-up on the leader only (the leader lease) is the way to fewer duplicates.
+
 The schema is owned by the Alembic migrations in ``migrations/``; ``METADATA`` mirrors
 them for queries and a test keeps the two equal.
 """
@@ -22,6 +46,7 @@ import asyncio
 import contextlib
 import json
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +57,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from faena.domain.errors import ErrorCode
+from faena.domain.errors import ErrorCode, FaenaError
 from faena.domain.events import Event
 from faena.store.port import (
     AmbiguousRef,
@@ -53,6 +78,12 @@ _LOG_CHUNK = "ci.log.v1.chunk"  # logs go through append_logs, never the event l
 _IN_CHUNK = 500  # SQLite limits bound parameters per statement: split long IN lists
 _CANDIDATES = 10  # ambiguous prefixes list at most this many runs
 _BEGIN_OPTION = "faena_sqlite_begin"
+# PostgreSQL advisory lock keys, (class, object) pairs of int4: the store's own class,
+# and the class of per-run log locks whose object is a hash of the run id.
+_LOCK_CLASS = 0x6661656E  # "faen"
+_LOCK_CLASS_RUN_LOGS = 0x6661656F
+_LOCK_EVENT_LOG = {"lock_class": _LOCK_CLASS, "lock_key": 1}
+_LOCK_MIGRATIONS = {"lock_class": _LOCK_CLASS, "lock_key": 2}
 _SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
@@ -278,6 +309,22 @@ class _Dialect:
 
         sa.event.listen(engine, "connect", on_connect)
 
+    @property
+    def read_isolation(self) -> str | None:
+        """PostgreSQL reads run in autocommit: no BEGIN and ROLLBACK round trips around
+        them (each read operation is one statement, or needs no snapshot, as on SQLite)."""
+        return "AUTOCOMMIT" if self.name == "postgresql" else None
+
+    def xact_lock(self) -> sa.TextClause | None:
+        """A statement taking a transaction-scoped lock (see the module doc); None where
+        writers are already serialised (SQLite)."""
+        if self.name != "postgresql":
+            return None
+        return sa.text("SELECT pg_advisory_xact_lock(:lock_class, :lock_key)").bindparams(
+            sa.bindparam("lock_class", type_=sa.Integer()),
+            sa.bindparam("lock_key", type_=sa.Integer()),
+        )
+
     def write_lock(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """SQLite has one writer: queue this process's writers instead of busy-waiting.
 
@@ -461,10 +508,19 @@ class _Sql:
             where=IDEMPOTENCY.c.created_at < _param("not_before", sa.Float()),
         )
         self._tokens = dialect.upsert(TOKENS, ["token_id"])
+        self._lock = dialect.xact_lock()
 
     # -- writes (run inside a write transaction) ---------------------------------------
 
+    def migrate(self, conn: sa.Connection) -> None:
+        if self._lock is not None:
+            # Another replica may be migrating: wait, then Alembic finds the schema at head.
+            conn.execute(self._lock, _LOCK_MIGRATIONS)
+        upgrade_schema(conn)
+
     def commit(self, conn: sa.Connection, batch: _CommitParams) -> None:
+        if self._lock is not None and (batch.events or batch.jobs):
+            conn.execute(self._lock, _LOCK_EVENT_LOG)  # until COMMIT: see the module doc
         if batch.events:
             # An event already stored is skipped by both inserts (ON CONFLICT): it got its
             # outbox row in the transaction that logged it, so it is never queued for
@@ -484,7 +540,9 @@ class _Sql:
 
     @staticmethod
     def mark_published(conn: sa.Connection, event_ids: Sequence[str]) -> None:
-        for chunk in _chunks(event_ids):
+        # Sorted: concurrent callers then lock the rows they share in the same order
+        # (PostgreSQL), and cannot deadlock across chunks.
+        for chunk in _chunks(sorted(event_ids)):
             conn.execute(_MARK_PUBLISHED, {"event_ids": chunk})
 
     def append_logs(
@@ -494,6 +552,10 @@ class _Sql:
         chunks: list[tuple[str, str] | None],
     ) -> None:
         """``chunks`` holds each line's (run_id, chunk) key, None for a line without one."""
+        if self._lock is not None:
+            # In one order (sorted keys), so two callers' locks cannot deadlock.
+            for key in sorted({_run_lock_key(p["run_id"]) for p in params}):
+                conn.execute(self._lock, {"lock_class": _LOCK_CLASS_RUN_LOGS, "lock_key": key})
         keys = {key for key in chunks if key is not None}
         if keys:
             rows = [{"run_id": run_id, "chunk": chunk} for run_id, chunk in keys]
@@ -710,6 +772,9 @@ class _AsyncBackend:
         sync_engine = self.engine.sync_engine
         dialect.configure(sync_engine)
         self._writer = self.engine
+        self._reader = self.engine
+        if dialect.read_isolation:
+            self._reader = self.engine.execution_options(isolation_level=dialect.read_isolation)
         self._lock = dialect.write_lock()  # made here: bound to the loop that uses it
         begin = dialect.write_begin
         if begin:
@@ -723,7 +788,7 @@ class _AsyncBackend:
             self._writer = self.engine.execution_options(**{_BEGIN_OPTION: True})
 
     async def read(self, op: Op[T]) -> T:
-        async with self.engine.connect() as conn:
+        async with self._reader.connect() as conn:
             return await conn.run_sync(op)
 
     async def write(self, op: Op[T]) -> T:
@@ -732,6 +797,12 @@ class _AsyncBackend:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+class StoreUnavailable(FaenaError):
+    """The database cannot be reached or opened (ORC-INFRA)."""
+
+    code = ErrorCode.ORC_INFRA
 
 
 class SqlStore:
@@ -768,7 +839,11 @@ class SqlStore:
             backend = _AsyncBackend(url, self._dialect)
         try:
             if await backend.read(self._sql.revision) != HEAD_REVISION:
-                await backend.write(upgrade_schema)
+                await backend.write(self._sql.migrate)
+        except (OSError, sa.exc.DBAPIError) as exc:
+            await backend.close()
+            where = self._url.render_as_string(hide_password=True)
+            raise StoreUnavailable(f"cannot open the store at {where}: {exc}") from exc
         except BaseException:
             await backend.close()
             raise
@@ -965,6 +1040,11 @@ def _token_record(row: Sequence[Any]) -> TokenRecord:
         _opt_float(expires),
         _opt_float(revoked),
     )
+
+
+def _run_lock_key(run_id: str) -> int:
+    """A run's log lock object: a stable hash of its id, as an int4."""
+    return zlib.crc32(run_id.encode()) - 0x80000000
 
 
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:

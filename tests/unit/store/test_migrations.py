@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from faena.store.port import IdempotencyRecord, LogLine, TokenRecord
 from faena.store.sql import HEAD_REVISION, METADATA, MIGRATIONS_DIR, SqlStore, upgrade_schema
@@ -43,15 +45,18 @@ async def migrate_with_store(db_path: Path) -> None:
     await store.close()
 
 
-def schema(engine: sa.Engine) -> dict[str, dict[str, Any]]:
+def schema(bind: sa.Engine | sa.Connection) -> dict[str, dict[str, Any]]:
     """Tables as the database reports them: columns, primary key, indexes, unique constraints."""
-    inspector = sa.inspect(engine)
+    inspector = sa.inspect(bind)
     return {
         table: {
             "columns": [(c["name"], c["nullable"]) for c in inspector.get_columns(table)],
             "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
             "indexes": sorted(
-                (i["name"], tuple(i["column_names"])) for i in inspector.get_indexes(table)
+                (i["name"], tuple(i["column_names"]))
+                for i in inspector.get_indexes(table)
+                # PostgreSQL also lists the index behind each unique constraint.
+                if not i.get("duplicates_constraint")
             ),
             "unique": sorted(
                 (u["name"], tuple(u["column_names"]))
@@ -215,3 +220,106 @@ def test_open_skips_alembic_when_the_schema_is_at_head(db_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{db_path}"
     assert _imports_alembic(url)  # an empty database needs the migrations
     assert not _imports_alembic(url)  # at head: one query, no Alembic import
+
+
+# -- PostgreSQL: the same migrations on a real server ----------------------------------
+
+TABLES = {
+    "runs",
+    "jobs",
+    "specs",
+    "events",
+    "outbox",
+    "inbox",
+    "logs",
+    "log_chunks",
+    "idempotency",
+    "tokens",
+    "alembic_version",
+}
+
+
+def on_postgres(url: str, fn: Callable[[sa.Connection], Any]) -> Any:
+    """``fn`` on a connection to ``url``, in one transaction (committed)."""
+
+    async def run() -> Any:
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as conn:
+                return await conn.run_sync(fn)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def version(conn: sa.Connection) -> str:
+    return str(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one())
+
+
+def test_postgres_open_migrates_a_fresh_database_to_head(postgres_url: str) -> None:
+    assert _imports_alembic(postgres_url)  # empty: the migrations run
+    assert not _imports_alembic(postgres_url)  # reopened at head: one query, no Alembic
+
+    def check(conn: sa.Connection) -> None:
+        assert set(sa.inspect(conn).get_table_names()) == TABLES
+        assert version(conn) == HEAD_REVISION
+        assert schema(conn) == declared(METADATA)
+
+    on_postgres(postgres_url, check)
+
+
+def test_postgres_downgrade_to_base_and_upgrade_again(postgres_url: str) -> None:
+    on_postgres(postgres_url, upgrade_schema)
+    on_postgres(postgres_url, lambda conn: command.downgrade(alembic_config(conn), "base"))
+    assert on_postgres(postgres_url, lambda c: set(sa.inspect(c).get_table_names())) == {
+        "alembic_version"
+    }
+    on_postgres(postgres_url, upgrade_schema)
+    assert on_postgres(postgres_url, schema) == declared(METADATA)
+
+
+async def test_postgres_open_upgrades_a_0002_database_in_place(postgres_url: str) -> None:
+    def at_0002(conn: sa.Connection) -> None:
+        command.upgrade(alembic_config(conn), "0002")
+        conn.execute(
+            sa.text(
+                "INSERT INTO logs (run_id, job_id, attempt, step_index, stream, ts, text) "
+                "VALUES ('old-run', 'j1', 1, 0, 'stdout', 1.0, 'old line')"
+            )
+        )
+
+    engine = create_async_engine(postgres_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(at_0002)
+    finally:
+        await engine.dispose()
+
+    store = SqlStore(postgres_url)
+    await store.open()
+    try:
+        again = LogLine("old-run", "j1", 1, 0, "stdout", 2.0, "new line", chunk="c1")
+        await store.append_logs([again])
+        await store.append_logs([again])
+        lines = await store.read_logs("old-run")
+        assert [line.text for line in lines] == ["old line", "new line"]
+        assert lines[1].id > lines[0].id  # the sequence carries on after the old rows
+        token = TokenRecord("tok-1", "hash-1", "alice", ("runs:read",), created_at=5.0)
+        await store.put_token(token)
+        assert await store.token_by_hash("hash-1") == token
+        assert await store._read(version) == HEAD_REVISION
+    finally:
+        await store.close()
+
+
+async def test_postgres_replicas_opening_an_empty_database_together_migrate_it_once(
+    postgres_url: str,
+) -> None:
+    stores = [SqlStore(postgres_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))  # no "relation already exists"
+        assert await stores[0]._read(version) == HEAD_REVISION
+    finally:
+        for s in stores:
+            await s.close()
