@@ -22,6 +22,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -131,34 +132,33 @@ class PostgresServer:
         # A free port can be taken between the probe and the server's bind: try again.
         for attempt in range(3):
             self.port = free_port()
-            options = [
-                f"-p {self.port}",
-                f"-k {self.sockets}",
-                "-c listen_addresses=127.0.0.1",
-                "-c max_connections=200",
-            ]
-            if self.fast:
-                options += [f"-c {setting}" for setting in _FAST_SETTINGS]
             try:
-                self._run(
-                    "pg_ctl",
-                    "-D",
-                    str(self.data),
-                    "-l",
-                    str(self.logfile),
-                    "-o",
-                    " ".join(options),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                )
+                self._pg_start()
             except RuntimeError:
                 if attempt == 2:
                     raise
                 continue
             self._started = True
             return
+
+    def _pg_start(self) -> None:
+        options = [
+            f"-p {self.port}",
+            f"-k {self.sockets}",
+            "-c listen_addresses=127.0.0.1",
+            "-c max_connections=200",
+        ]
+        if self.fast:
+            options += [f"-c {setting}" for setting in _FAST_SETTINGS]
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-o",
+                  " ".join(options), "-w", "-t", "60", "start")  # fmt: skip
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop the server (fast: connections are cut) and start it again on the same
+        port and data, after ``down_for`` seconds."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        time.sleep(down_for)
+        self._pg_start()
 
     def stop(self) -> None:
         try:

@@ -11,6 +11,7 @@ from faena.domain.states import RunState
 from faena.settings import Settings
 from faena.spec import parse_pipeline
 from nats_server import NatsServer
+from postgres import PostgresServer
 
 DAG = """
 name: distributed
@@ -85,3 +86,33 @@ async def test_a_run_survives_a_nats_restart_on_postgres(
         assert await again.store.outbox_pending() == []
     finally:
         await again.store.close()
+
+
+async def test_a_run_survives_a_postgres_restart(
+    tmp_path: Path, postgres_url: str, postgres_server: PostgresServer, nats_server: NatsServer
+) -> None:
+    gate = tmp_path / "gate"
+    spec = parse_pipeline(DAG.replace("$GATE", str(gate)), filename="faena.yml")
+    app = App(settings(tmp_path, postgres_url, nats_server))
+    await app.start()
+    try:
+        run_id = await app.orchestrator.submit(spec)
+        async with asyncio.timeout(60):
+            while True:
+                run = app.orchestrator.snapshot(run_id)
+                assert run is not None
+                if any(j.name == "gate" and j.state.value == "RUNNING" for j in run.jobs.values()):
+                    break
+                await asyncio.sleep(0.05)
+        # The database goes away for a second while the last job ends: its reports wait
+        # in the orchestrator's retries (ORC-INFRA, 7 attempts with back-off).
+        await asyncio.to_thread(postgres_server.restart, 1.0)
+        gate.touch()
+        async with asyncio.timeout(60):
+            final = await app.orchestrator.wait(run_id)
+        assert final.state is RunState.SUCCEEDED
+        stored = await app.store.get_run(run_id)
+        assert stored is not None and stored["state"] == "SUCCEEDED"
+        assert "through the gate" in await lines_of(app, run_id)
+    finally:
+        await app.close()

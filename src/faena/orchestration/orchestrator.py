@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_INFRA_RETRIES = 3
+COMMIT_ATTEMPTS = 7  # ORC-INFRA retries, as the seeds set them
 
 
 class RunFinished(FaenaError):
@@ -143,12 +144,14 @@ class Orchestrator:
         tenant: str = DEFAULT_TENANT,
         clock: Callable[[], float] = time.time,
         batch_limit: int = 512,
+        retry_delay: float = 0.1,
     ) -> None:
         self._store = store
         self._publisher = publisher
         self._tenant = tenant
         self._clock = clock
         self._batch_limit = batch_limit
+        self._retry_delay = retry_delay
         self._runs: dict[str, _Handle] = {}
         self._queue: asyncio.Queue[tuple[Callable[[_Tx], Any], asyncio.Future[Any]]] = (
             asyncio.Queue()
@@ -204,7 +207,7 @@ class Orchestrator:
                 outcomes.append((fut, None, exc))
         try:
             if tx.events or tx.specs:
-                await self._store.commit(tx.to_commit())
+                await self._commit_with_retries(tx.to_commit())
         except Exception as exc:
             log.exception("commit failed")
             broken.update(tx.handles)
@@ -229,6 +232,22 @@ class Orchestrator:
                 for w in self._watchers.pop(run_id, []):
                     if not w.done():
                         w.set_result(h.run)
+
+    async def _commit_with_retries(self, batch: Commit) -> None:
+        """Commit, riding out a store that is briefly away (a database restart): the seeds'
+        7 attempts with exponential back-off (~13 s in all) before the batch fails."""
+        delay = self._retry_delay
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                await self._store.commit(batch)
+                return
+            except Exception as exc:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                log.warning("commit failed (attempt %d of %d): %s; retrying in %.1fs",
+                            attempt, COMMIT_ATTEMPTS, exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay *= 2
 
     async def _load(self, run_id: str) -> _Handle:
         h = self._runs.get(run_id)
