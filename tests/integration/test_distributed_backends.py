@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from faena.app import App
+import httpx
+from api_server import served
+
+from faena.app import App, build_server
 from faena.domain.states import RunState
 from faena.settings import Settings
 from faena.spec import parse_pipeline
@@ -116,3 +119,21 @@ async def test_a_run_survives_a_postgres_restart(
         assert "through the gate" in await lines_of(app, run_id)
     finally:
         await app.close()
+
+
+async def test_readyz_follows_the_database(
+    tmp_path: Path, postgres_url: str, postgres_server: PostgresServer, nats_server: NatsServer
+) -> None:
+    api, _, _ = build_server(settings(tmp_path, postgres_url, nats_server), "ready-token")
+    async with served(api) as url, httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        restart = asyncio.create_task(asyncio.to_thread(postgres_server.restart, 2.0))
+        seen: list[int] = []
+        while not restart.done():
+            seen.append((await client.get("/readyz")).status_code)
+            await asyncio.sleep(0.1)
+        await restart
+        assert 503 in seen  # not ready while the database is away
+        async with asyncio.timeout(30):
+            while (await client.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.1)
