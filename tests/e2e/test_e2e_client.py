@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from conftest import FAENA_CMD
 
 TOKEN = "e2e-token"

@@ -43,6 +43,17 @@ def settings(tmp_path: Path, postgres_url: str, nats: NatsServer) -> Settings:
                     bus_url=nats.url)  # fmt: skip
 
 
+async def gate_reached(app: App, run_id: str) -> None:
+    """Wait until the run's last job runs, blocked at its gate."""
+    async with asyncio.timeout(60):
+        while True:
+            run = app.orchestrator.snapshot(run_id)
+            assert run is not None
+            if any(j.name == "gate" and j.state.value == "RUNNING" for j in run.jobs.values()):
+                return
+            await asyncio.sleep(0.05)
+
+
 async def lines_of(app: App, run_id: str) -> list[str]:
     return [ln.text for ln in await app.store.read_logs(run_id)]
 
@@ -56,13 +67,7 @@ async def test_a_run_survives_a_nats_restart_on_postgres(
     await app.start()
     try:
         run_id = await app.orchestrator.submit(spec)
-        async with asyncio.timeout(60):
-            while True:
-                run = app.orchestrator.snapshot(run_id)
-                assert run is not None
-                if any(j.name == "gate" and j.state.value == "RUNNING" for j in run.jobs.values()):
-                    break
-                await asyncio.sleep(0.05)
+        await gate_reached(app, run_id)
         # NATS goes away with the run half done; the gate job's end is published while it
         # is down (the outbox keeps it) or after (the client reconnects).
         nats_server.restart(kill=True)
@@ -100,13 +105,7 @@ async def test_a_run_survives_a_postgres_restart(
     await app.start()
     try:
         run_id = await app.orchestrator.submit(spec)
-        async with asyncio.timeout(60):
-            while True:
-                run = app.orchestrator.snapshot(run_id)
-                assert run is not None
-                if any(j.name == "gate" and j.state.value == "RUNNING" for j in run.jobs.values()):
-                    break
-                await asyncio.sleep(0.05)
+        await gate_reached(app, run_id)
         # The database goes away for a second while the last job ends: its reports wait
         # in the orchestrator's retries (ORC-INFRA, 7 attempts with back-off).
         await asyncio.to_thread(postgres_server.restart, 1.0)
