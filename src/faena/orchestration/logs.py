@@ -7,6 +7,7 @@ for live viewers, the store copy is the record.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 from faena.bus.port import EventBus
@@ -15,9 +16,19 @@ from faena.periodic import PeriodicFlush
 from faena.store.port import LogLine, Store
 from faena.workers.port import OutputLine
 
+log = logging.getLogger(__name__)
+FLUSH_ATTEMPTS = 7  # as the orchestrator's commits: rides out a database restart
+
 
 class LogRecorder:
-    def __init__(self, store: Store, bus: EventBus, flush_interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        flush_interval: float = 0.1,
+        retry_delay: float = 0.1,
+    ) -> None:
+        self._retry_delay = retry_delay
         self._store = store
         self._bus = bus
         self._pending: list[LogLine] = []
@@ -62,15 +73,24 @@ class LogRecorder:
         await self._bus.publish([event])
 
     async def flush(self) -> None:
+        """Store the pending lines; a store briefly away (a database restart) is retried
+        like the orchestrator's commits, then the lines stay pending and this raises."""
         async with self._lock:
             lines, self._pending = self._pending, []
             if not lines:
                 return
-            try:
-                await self._store.append_logs(lines)
-            except Exception:
-                self._pending[:0] = lines  # kept for the next flush
-                raise
+            delay = self._retry_delay
+            for attempt in range(1, FLUSH_ATTEMPTS + 1):
+                try:
+                    await self._store.append_logs(lines)
+                    return
+                except Exception as exc:
+                    if attempt == FLUSH_ATTEMPTS:
+                        self._pending[:0] = lines  # kept for the next flush
+                        raise
+                    log.warning("storing log lines failed (%s); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay *= 2
 
     async def close(self) -> None:
         await self._periodic.close()
