@@ -45,6 +45,7 @@ COMMANDS = {
     "nodes": "List the nodes of a faena server, with their load.",
     "token": "Create, list or revoke API and agent tokens on a faena server.",
     "exec": "Run a command where a paused failed job ran (faena exec RUN JOB -- CMD).",
+    "events": "faena events replay [--since N|TIME]: rebuild run rows from the event log.",
     "submit": "Submit a pipeline to a faena server (FAENA_SERVER, FAENA_TOKEN).",
     "status": "Show a run on a faena server.",
     "cancel": "Cancel a run or a job on a faena server.",
@@ -175,6 +176,11 @@ def command_parser(name: str) -> argparse.ArgumentParser:
         json_flag()
         server_flags()
         profile_flag()
+    elif name == "events":
+        p.add_argument("action", choices=["replay"])
+        p.add_argument("--since", default=None, metavar="N|TIME",
+                       help="events after this number, or from this time (ISO)")  # fmt: skip
+        json_flag()
     elif name == "exec":
         p.usage = "faena exec [-h] RUN JOB -- COMMAND [ARG ...]\n       faena exec --resume RUN JOB"
         p.add_argument("run_id", metavar="RUN", help="run id, unique prefix, or 'last'")
@@ -259,6 +265,10 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return server_command(args.host, args.port, args.admin_token, args.jobs,
                               with_agent=args.with_agent)  # fmt: skip
+    if args.command == "events":
+        from faena.cli.events import replay_command
+
+        return replay_command(args.since, json_out=args.json)
     if args.command == "exec":
         from faena.cli.debug import exec_command
 
