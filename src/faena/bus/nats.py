@@ -305,7 +305,9 @@ class JetStreamBus:
         max_age: float = 7 * 24 * 3600.0,
         max_bytes: int = -1,
         replicas: int = 1,
-        ack_wait: float = 30.0,
+        # An ack lost in a server crash holds a strictly ordered consumer until ack_wait
+        # ends: short, with "still working" signals from long handlers (bench/nats_recovery.py).
+        ack_wait: float = 5.0,
         max_ack_pending: int = 1,
         fetch_timeout: float = 5.0,
         publish_timeout: float = 10.0,
