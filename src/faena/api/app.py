@@ -54,6 +54,23 @@ class Wakeup:
             old.set()
 
 
+# What the two submission routes (a pipeline, one job) declare alike in /openapi.json.
+_SUBMISSION: dict[str, Any] = {
+    "responses": {
+        200: {"description": "the run an earlier request with this Idempotency-Key made"}
+    },
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/yaml": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        }
+    },
+}
+
+
 class IdempotencyConflict(FaenaError):
     code = ErrorCode.ORC_VALID
 
@@ -131,18 +148,7 @@ def create_api(
         "/api/v1/pipelines",
         status_code=201,
         tags=["pipelines"],
-        responses={
-            200: {"description": "the run an earlier request with this Idempotency-Key made"}
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/yaml": {"schema": {"type": "string"}},
-                    "application/json": {"schema": {"type": "object"}},
-                },
-            }
-        },
+        **_SUBMISSION,
     )
     async def submit(
         request: Request,
@@ -278,18 +284,7 @@ def create_api(
         "/api/v1/jobs",
         status_code=201,
         tags=["jobs"],
-        responses={
-            200: {"description": "the run an earlier request with this Idempotency-Key made"}
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"type": "object"}},
-                    "application/yaml": {"schema": {"type": "string"}},
-                },
-            }
-        },
+        **_SUBMISSION,
     )
     async def submit_job(
         request: Request,
