@@ -205,3 +205,50 @@ def job_by_name(result: dict[str, Any], name: str) -> dict[str, Any]:
         if job["name"] == name:
             return job
     raise AssertionError(f"no job {name!r} in {[j['name'] for j in result['jobs']]}")
+
+
+SERVER_TOKEN = "e2e-token"
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], str]]:
+    """Start a real ``faena server --with-agent`` (admin token ``e2e-token``) in the given
+    environment; returns its URL. Every server is stopped (SIGTERM, then SIGKILL) at the end."""
+    import socket
+    import urllib.request
+
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(env: dict[str, str]) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        log = (tmp_path / f"server-{port}.log").open("wb")
+        proc = subprocess.Popen(
+            [*FAENA_CMD, "server", "--with-agent", "--port", str(port),
+             "--admin-token", SERVER_TOKEN],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=1):
+                    return url
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    proc.kill()
+                    output = (tmp_path / f"server-{port}.log").read_text(errors="replace")
+                    pytest.fail(f"server did not start: {output}")
+                time.sleep(0.1)
+
+    yield start
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

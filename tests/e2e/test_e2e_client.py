@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,35 +24,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[dict[str, str]]:
-    port = free_port()
+def server(tmp_path: Path, start_server: Callable[[dict[str, str]], str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAENA_")}
-    env["FAENA_HOME"] = str(tmp_path / "server-home")
     env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")  # no user config file leaks in
-    proc = subprocess.Popen(
-        [*FAENA_CMD, "server", "--with-agent", "--port", str(port), "--admin-token", TOKEN],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"server did not start: {proc.communicate()}")
-            time.sleep(0.1)
-    client_env = {**env, "FAENA_SERVER": url, "FAENA_TOKEN": TOKEN}
-    client_env.pop("FAENA_HOME")
-    yield client_env
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    url = start_server({**env, "FAENA_HOME": str(tmp_path / "server-home")})
+    return {**env, "FAENA_SERVER": url, "FAENA_TOKEN": TOKEN}
 
 
 def cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,8 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,38 +75,16 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    port = free_port()
+def server(tmp_path: Path, start_server: Callable[[dict[str, str]], str]) -> Server:
     base = {k: v for k, v in os.environ.items() if not k.startswith("FAENA_")}
     # No config file of the machine's user leaks in.
     base.update(XDG_CONFIG_HOME=str(tmp_path / "xdg"), HOME=str(tmp_path / "user"),
                 PYTHONUNBUFFERED="1", NO_COLOR="1", TERM="dumb")  # fmt: skip
     home = tmp_path / "server-home"
-    proc = subprocess.Popen(
-        [*FAENA_CMD, "server", "--with-agent", "--port", str(port), "--admin-token", TOKEN],
-        env={**base, "FAENA_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"server did not start: {proc.communicate()}")
-            time.sleep(0.1)
+    url = start_server({**base, "FAENA_HOME": str(home)})
     cwd = tmp_path / "client"
     cwd.mkdir()
-    yield Server(url, home, {**base, "FAENA_SERVER": url, "FAENA_TOKEN": TOKEN}, cwd)
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+    return Server(url, home, {**base, "FAENA_SERVER": url, "FAENA_TOKEN": TOKEN}, cwd)
 
 
 class Lines:
