@@ -7,17 +7,14 @@ for live viewers, the store copy is the record.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 
 from faena.bus.port import EventBus
 from faena.domain.events import make_event
 from faena.periodic import PeriodicFlush
+from faena.retries import with_retries
 from faena.store.port import LogLine, Store
 from faena.workers.port import OutputLine
-
-log = logging.getLogger(__name__)
-FLUSH_ATTEMPTS = 7  # as the orchestrator's commits: rides out a database restart
 
 
 class LogRecorder:
@@ -79,18 +76,12 @@ class LogRecorder:
             lines, self._pending = self._pending, []
             if not lines:
                 return
-            delay = self._retry_delay
-            for attempt in range(1, FLUSH_ATTEMPTS + 1):
-                try:
-                    await self._store.append_logs(lines)
-                    return
-                except Exception as exc:
-                    if attempt == FLUSH_ATTEMPTS:
-                        self._pending[:0] = lines  # kept for the next flush
-                        raise
-                    log.warning("storing log lines failed (%s); retrying in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay *= 2
+            try:
+                await with_retries(lambda: self._store.append_logs(lines), "storing log lines",
+                                   delay=self._retry_delay)  # fmt: skip
+            except Exception:
+                self._pending[:0] = lines  # kept for the next flush
+                raise
 
     async def close(self) -> None:
         await self._periodic.close()

@@ -24,13 +24,13 @@ from faena.domain.run import JobRun, PipelineRun, rebuild
 from faena.domain.spec import PipelineSpec
 from faena.domain.states import JobState, RunState
 from faena.orchestration.ports import CommittedEventPublisher
+from faena.retries import with_retries
 from faena.store.port import Commit, Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_INFRA_RETRIES = 3
-COMMIT_ATTEMPTS = 7  # ORC-INFRA retries, as the seeds set them
 
 
 class RunFinished(FaenaError):
@@ -207,7 +207,10 @@ class Orchestrator:
                 outcomes.append((fut, None, exc))
         try:
             if tx.events or tx.specs:
-                await self._commit_with_retries(tx.to_commit())
+                writes = tx.to_commit()
+                # A database restart is ridden out; commands queue meanwhile.
+                await with_retries(lambda: self._store.commit(writes), "commit",
+                                   delay=self._retry_delay)  # fmt: skip
         except Exception as exc:
             log.exception("commit failed")
             broken.update(tx.handles)
@@ -232,22 +235,6 @@ class Orchestrator:
                 for w in self._watchers.pop(run_id, []):
                     if not w.done():
                         w.set_result(h.run)
-
-    async def _commit_with_retries(self, batch: Commit) -> None:
-        """Commit, riding out a store that is briefly away (a database restart): the seeds'
-        7 attempts with exponential back-off (~13 s in all) before the batch fails."""
-        delay = self._retry_delay
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            try:
-                await self._store.commit(batch)
-                return
-            except Exception as exc:
-                if attempt == COMMIT_ATTEMPTS:
-                    raise
-                log.warning("commit failed (attempt %d of %d): %s; retrying in %.1fs",
-                            attempt, COMMIT_ATTEMPTS, exc, delay)  # fmt: skip
-                await asyncio.sleep(delay)
-                delay *= 2
 
     async def _load(self, run_id: str) -> _Handle:
         h = self._runs.get(run_id)
