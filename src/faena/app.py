@@ -76,6 +76,19 @@ def open_bus(settings: Settings) -> EventBus:
     return JetStreamBus(url)
 
 
+async def check_backends(settings: Settings) -> None:
+    """Reach the store and the bus once, so a server that cannot start says why plainly
+    (raises FaenaError or ConnectionError) before it listens."""
+    store, bus = open_store(settings), open_bus(settings)
+    try:
+        await store.open()
+        await bus.start()
+    finally:
+        with contextlib.suppress(Exception):
+            await bus.close()
+        await store.close()
+
+
 class App:
     """The system: SQL store, in-process bus, FIFO scheduler over the known nodes, and (with
     ``local_agent``) this machine as a node running jobs through local workers."""

@@ -103,3 +103,22 @@ def test_exec_in_a_paused_job_then_resume(server: dict[str, str], tmp_path: Path
     assert json.loads(st.stdout)["state"] == "FAILED"
     late = cli(server, tmp_path, "exec", run_id, "broken", "--", "true")
     assert late.returncode == 2 and "not paused" in late.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("FAENA_DATABASE_URL", "postgresql://ci:s3cret@127.0.0.1:1/faena", "cannot open the store"),
+        ("FAENA_BUS_URL", "nats://127.0.0.1:1", "cannot reach NATS"),
+    ],
+)
+def test_a_server_that_cannot_reach_its_backends_says_so(
+    tmp_path: Path, variable: str, value: str, needle: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAENA_")}
+    env.update({"FAENA_HOME": str(tmp_path / "home"), variable: value})
+    done = subprocess.run([*FAENA_CMD, "server", "--port", "1", "--admin-token", TOKEN],
+                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert needle in done.stderr and "ORC-INFRA" in done.stderr
+    assert "Traceback" not in done.stderr and "s3cret" not in done.stderr

@@ -321,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = EXIT_INVALID
     except (FaenaError, ConnectionError) as exc:
         # The store or the bus cannot be reached: said plainly, not as a traceback.
-        print(f"error: {exc}", file=sys.stderr)
+        prefix = "" if isinstance(exc, FaenaError) else "ORC-INFRA: "
+        print(f"error: {prefix}{exc}", file=sys.stderr)
         code = EXIT_FAILED
     except BrokenPipeError:
         # `faena logs ... | head`: the reader left; say nothing more (Python's recipe).

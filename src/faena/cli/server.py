@@ -15,10 +15,17 @@ def server_command(
 ) -> int:
     import uvicorn
 
-    from faena.app import build_server
+    from faena.app import build_server, check_backends
+    from faena.domain.errors import FaenaError
 
     settings = Settings.from_env(jobs=jobs)
     token = admin_token or os.environ.get("FAENA_ADMIN_TOKEN") or None
+    try:
+        asyncio.run(check_backends(settings))
+    except (FaenaError, ConnectionError) as exc:
+        code = "" if isinstance(exc, FaenaError) else "ORC-INFRA: "
+        print(f"error: cannot start: {code}{exc}", file=sys.stderr)
+        return 1
     api, system, created = build_server(settings, token, with_agent=with_agent)
     if created:
         print(
