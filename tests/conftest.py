@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nats_server import NatsServer, missing, nats_server_binary
+from components import missing
+from nats_server import NatsServer, nats_server_binary
 from postgres import PostgresServer, start_server
 
 

@@ -16,15 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-
-def missing(what: str) -> None:
-    """Skip on a developer's machine; in CI (CI=true) a missing component is a failure."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI must provide this: {what}")
-    pytest.skip(what)
-
 
 def nats_server_binary() -> str | None:
     beside = Path(sys.executable).parent / "nats-server"

@@ -27,7 +27,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
+from components import missing
 
 T = TypeVar("T")
 
@@ -35,13 +35,6 @@ _SERVER_USER = "postgres"
 _SUPERUSER = "postgres"  # the database role initdb creates (-U)
 # Test servers trade durability for speed: a crash loses the (throwaway) data.
 _FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
-
-
-def missing(what: str) -> None:
-    """Skip on a developer's machine; in CI (CI=true) a missing component is a failure."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI must provide this: {what}")
-    pytest.skip(what)
 
 
 def find_bindir() -> Path | None:

@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 
+from components import missing
 from faena.workers.port import (
     ExecRequest,
     ExecResult,
@@ -201,13 +202,6 @@ async def stdout_of(provider: WorkerProvider, worker: Worker, script: str) -> li
     result, sink = await run(provider, worker, script)
     assert result.exit_code == 0, sink.lines
     return sink.texts()
-
-
-def missing(what: str) -> None:
-    """Skip on a developer's machine; in CI (CI=true) a missing component is a failure."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI must provide this: {what}")
-    pytest.skip(what)
 
 
 def skip_if_missing_tool(result: ExecResult, tool: str) -> None:
