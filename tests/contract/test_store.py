@@ -20,6 +20,7 @@ from faena.store.memory import MemoryStore
 from faena.store.port import (
     AmbiguousRef,
     Commit,
+    Deposed,
     IdempotencyRecord,
     LogLine,
     Store,
@@ -819,3 +820,74 @@ async def test_sqlite_connection_settings(store: Store) -> None:
         "busy_timeout": 5000,
         "foreign_keys": 1,
     }
+
+
+# -- leadership and fencing -----------------------------------------------------------
+
+
+async def test_each_claim_raises_the_term_and_names_the_leader(store: Store) -> None:
+    assert await store.leader() is None
+    first = await store.claim_leadership("a", "http://a:1")
+    second = await store.claim_leadership("b", "http://b:1")
+    assert second > first >= 1
+    leader = await store.leader()
+    assert leader is not None
+    assert (leader.term, leader.holder, leader.url) == (second, "b", "http://b:1")
+
+
+async def test_a_leader_keeps_its_term_until_another_claims(store: Store) -> None:
+    term = await store.claim_leadership("a", "http://a:1")
+    assert await store.claim_leadership("a", "http://a:1", keep=term) == term
+    await store.claim_leadership("b", "http://b:1")
+    with pytest.raises(Deposed):
+        await store.claim_leadership("a", "http://a:1", keep=term)
+
+
+async def test_a_fenced_commit_of_a_deposed_leader_writes_nothing(store: Store) -> None:
+    old = await store.claim_leadership("a", "http://a:1")
+    await store.commit(Commit(events=[run_started("r1")], runs=[run_row("r1")], fence=old))
+    new = await store.claim_leadership("b", "http://b:1")
+    with pytest.raises(Deposed, match="no longer leads"):
+        await store.commit(Commit(events=[run_started("r2")], runs=[run_row("r2")], fence=old))
+    assert await store.get_run("r2") is None
+    assert [s.event.correlation_id for s in await store.events_after(0)] == ["r1"]
+    await store.commit(Commit(events=[run_started("r3")], runs=[run_row("r3")], fence=new))
+    assert await store.get_run("r3") is not None
+
+
+async def test_claims_race_commits_without_a_lost_or_late_write(store: Store) -> None:
+    """Every fenced commit either lands before the next claim or is refused."""
+    term = await store.claim_leadership("a", "http://a:1")
+    landed: list[str] = []
+
+    async def commit(i: int) -> None:
+        run_id = f"r{i}"
+        try:
+            await store.commit(Commit(events=[run_started(run_id)], fence=term))
+        except Deposed:
+            return
+        landed.append(run_id)
+
+    tasks = [asyncio.create_task(commit(i)) for i in range(30)]
+    await asyncio.sleep(0)
+    await store.claim_leadership("b", "http://b:1")
+    seen_at_claim = {s.event.correlation_id for s in await store.events_after(0)}
+    await asyncio.gather(*tasks)
+    logged = {s.event.correlation_id for s in await store.events_after(0)}
+    # Nothing the deposed leader wrote became visible after the new leader's claim.
+    assert logged == seen_at_claim == set(landed)
+
+
+@pytest.mark.parametrize("adapter", DURABLE, indirect=True)
+async def test_leadership_survives_a_restart(make_store: StoreFactory) -> None:
+    s = make_store()
+    await s.open()
+    term = await s.claim_leadership("a", "http://a:1")
+    await s.close()
+    s = make_store()
+    await s.open()
+    try:
+        leader = await s.leader()
+        assert leader is not None and leader.term == term
+    finally:
+        await s.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +18,13 @@ from faena.domain.events import Event
 from faena.store.port import (
     AmbiguousRef,
     Commit,
+    Deposed,
     IdempotencyRecord,
+    Leader,
     LogLine,
     StoredEvent,
     TokenRecord,
+    check_fence,
 )
 
 __all__ = ["MemoryStore"]
@@ -62,6 +66,7 @@ class MemoryStore:
         self._idempotency: dict[tuple[str, str], _Idempotency] = {}
         self._tokens: dict[str, TokenRecord] = {}
         self._token_ids: dict[str, str] = {}  # token_hash -> token_id
+        self._leader: Leader | None = None
 
     async def open(self) -> None:
         return None
@@ -74,6 +79,7 @@ class MemoryStore:
         if not batch:
             return
         # Everything that can fail happens before the first change.
+        check_fence(self._leader, batch.fence)
         events: dict[str, tuple[str, str]] = {}
         for event in batch.events:
             if event.subject == _LOG_CHUNK or event.event_id in self._event_ids:
@@ -107,6 +113,17 @@ class MemoryStore:
             self._job_run[job_id] = run_id
         for consumer, key in inbox:
             self._inbox.setdefault(consumer, set()).add(key)
+
+    async def claim_leadership(self, holder: str, url: str, keep: int | None = None) -> int:
+        current = self._leader.term if self._leader is not None else 0
+        if keep is not None and keep != current:
+            raise Deposed(f"term {keep} is over: term {current} was claimed since")
+        term = keep if keep is not None else current + 1
+        self._leader = Leader(term, holder, url, time.time())
+        return term
+
+    async def leader(self) -> Leader | None:
+        return self._leader
 
     async def run_events(self, run_id: str) -> list[StoredEvent]:
         return [self._stored(seq) for seq in self._run_seqs.get(run_id, [])]
@@ -276,3 +293,4 @@ def _loads(text: str) -> dict[str, Any]:
 
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
+

@@ -29,9 +29,37 @@ class Commit:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     inbox: list[tuple[str, str]] = field(default_factory=list)
+    # The leader's term this batch was made under: the store refuses it (Deposed) once
+    # another replica has claimed a later term. None: not fenced (one process only).
+    fence: int | None = None
 
     def __bool__(self) -> bool:
         return bool(self.events or self.runs or self.jobs or self.specs or self.inbox)
+
+
+class Deposed(FaenaError):
+    """A write made under a leadership term that another replica has since replaced."""
+
+    code = ErrorCode.ORC_STATE
+
+
+@dataclass(frozen=True)
+class Leader:
+    """Who leads orchestration: the fencing ``term``, the replica and its API URL."""
+
+    term: int
+    holder: str
+    url: str
+    since: float
+
+
+def check_fence(leader: Leader | None, fence: int | None) -> None:
+    """Raise Deposed when a batch fenced with ``fence`` comes after another claim."""
+    if fence is not None and leader is not None and leader.term != fence:
+        raise Deposed(
+            f"this replica no longer leads: its term {fence} was replaced by term "
+            f"{leader.term} ({leader.holder})"
+        )
 
 
 @dataclass(frozen=True)
@@ -100,7 +128,18 @@ class Store(Protocol):
     async def commit(self, batch: Commit) -> None:
         """Write a batch atomically. Run rows carry ``run_id``; job rows ``job_id`` and
         ``run_id``; existing rows are replaced. Events whose ``event_id`` is already stored
-        are ignored (idempotent)."""
+        are ignored (idempotent). A ``fence`` older than the claimed term raises Deposed."""
+        ...
+
+    async def claim_leadership(self, holder: str, url: str, keep: int | None = None) -> int:
+        """Record ``holder`` as leader and return its term: a new, higher one, or ``keep``
+        when that is still the stored term (a leader re-taking its lock after a database
+        restart). Raises Deposed when ``keep`` is given and another term was claimed.
+        Serialised with fenced commits: a commit is either before the claim or refused."""
+        ...
+
+    async def leader(self) -> Leader | None:
+        """The last claimed leadership, if any."""
         ...
 
     async def run_events(self, run_id: str) -> list[StoredEvent]:

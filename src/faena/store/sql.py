@@ -63,15 +63,17 @@ from faena.store.port import (
     AmbiguousRef,
     Commit,
     IdempotencyRecord,
+    Leader,
     LogLine,
     StoredEvent,
     TokenRecord,
+    check_fence,
 )
 
 __all__ = ["HEAD_REVISION", "METADATA", "MIGRATIONS_DIR", "SqlStore", "upgrade_schema"]
 
 # The newest file in migrations/versions; open() skips Alembic when the database has it.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 _LOG_CHUNK = "ci.log.v1.chunk"  # logs go through append_logs, never the event log
@@ -223,6 +225,16 @@ TOKENS = sa.Table(
     sa.Column("expires_at", sa.Float),
     sa.Column("revoked_at", sa.Float),
     sa.UniqueConstraint("token_hash", name="uq_tokens_token_hash"),
+)
+
+LEADERSHIP = sa.Table(
+    "leadership",
+    METADATA,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("term", sa.BigInteger, nullable=False),
+    sa.Column("holder", sa.String, nullable=False),
+    sa.Column("url", sa.String, nullable=False),
+    sa.Column("since", sa.Float, nullable=False),
 )
 
 
@@ -464,6 +476,10 @@ _REVOKE_TOKEN = (
     .where(TOKENS.c.token_id == _param("revoke_id"))
     .values(revoked_at=sa.func.coalesce(TOKENS.c.revoked_at, _param("at", sa.Float())))
 )
+_ORCHESTRATION = "orchestration"  # the one leadership row
+_GET_LEADER = sa.select(
+    LEADERSHIP.c.term, LEADERSHIP.c.holder, LEADERSHIP.c.url, LEADERSHIP.c.since
+).where(LEADERSHIP.c.name == _ORCHESTRATION)
 
 
 @dataclass(slots=True)
@@ -476,6 +492,7 @@ class _CommitParams:
     runs: list[dict[str, Any]] = field(default_factory=list)
     jobs: list[dict[str, Any]] = field(default_factory=list)
     inbox: list[dict[str, Any]] = field(default_factory=list)
+    fence: int | None = None
 
 
 class _Sql:
@@ -508,6 +525,7 @@ class _Sql:
             where=IDEMPOTENCY.c.created_at < _param("not_before", sa.Float()),
         )
         self._tokens = dialect.upsert(TOKENS, ["token_id"])
+        self._leadership = dialect.upsert(LEADERSHIP, ["name"])
         self._lock = dialect.xact_lock()
 
     # -- writes (run inside a write transaction) ---------------------------------------
@@ -519,8 +537,13 @@ class _Sql:
         upgrade_schema(conn)
 
     def commit(self, conn: sa.Connection, batch: _CommitParams) -> None:
-        if self._lock is not None and (batch.events or batch.jobs):
+        fenced = batch.fence is not None
+        if self._lock is not None and (batch.events or batch.jobs or fenced):
             conn.execute(self._lock, _LOCK_EVENT_LOG)  # until COMMIT: see the module doc
+        if fenced:
+            # Under the event-log lock, which claim_leadership takes too: a claim is either
+            # before this commit (refused here) or after it (its recovery reads it).
+            check_fence(self.leader(conn), batch.fence)
         if batch.events:
             # An event already stored is skipped by both inserts (ON CONFLICT): it got its
             # outbox row in the transaction that logged it, so it is never queued for
@@ -584,7 +607,26 @@ class _Sql:
     def revoke_token(conn: sa.Connection, token_id: str, at: float) -> bool:
         return bool(conn.execute(_REVOKE_TOKEN, {"revoke_id": token_id, "at": at}).rowcount)
 
+    def claim_leadership(
+        self, conn: sa.Connection, holder: str, url: str, keep: int | None
+    ) -> int:
+        if self._lock is not None:
+            conn.execute(self._lock, _LOCK_EVENT_LOG)
+        current = self.leader(conn)
+        term = current.term if current is not None else 0
+        if keep is not None and keep != term:
+            check_fence(current, keep)
+        term = keep if keep is not None else term + 1
+        row = {"name": _ORCHESTRATION, "term": term, "holder": holder, "url": url}
+        conn.execute(self._leadership, row | {"since": time.time()})
+        return term
+
     # -- reads -------------------------------------------------------------------------
+
+    @staticmethod
+    def leader(conn: sa.Connection) -> Leader | None:
+        row = conn.execute(_GET_LEADER).first()
+        return None if row is None else Leader(int(row[0]), str(row[1]), str(row[2]), row[3])
 
     @staticmethod
     def revision(conn: sa.Connection) -> str | None:
@@ -937,7 +979,14 @@ class SqlStore:
     async def revoke_token(self, token_id: str, at: float) -> bool:
         return await self._write(lambda conn: _Sql.revoke_token(conn, token_id, at))
 
+    async def claim_leadership(self, holder: str, url: str, keep: int | None = None) -> int:
+        claim = self._sql.claim_leadership
+        return await self._write(lambda conn: claim(conn, holder, url, keep))
+
     # -- reads -------------------------------------------------------------------------
+
+    async def leader(self) -> Leader | None:
+        return await self._read(_Sql.leader)
 
     async def run_events(self, run_id: str) -> list[StoredEvent]:
         return await self._read(lambda conn: _Sql.run_events(conn, run_id))
@@ -1100,6 +1149,7 @@ def _commit_params(batch: Commit) -> _CommitParams:
             {"consumer": consumer, "key": key, "processed_at": now}
             for consumer, key in dict.fromkeys(batch.inbox)
         ]
+    params.fence = batch.fence
     return params
 
 
