@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from faena.orchestration.agent_gateway import AgentGateway
 from faena.orchestration.control_plane import InProcessControlPlane
 from faena.orchestration.debug import DebugBroker
 from faena.orchestration.dispatch import Dispatcher
+from faena.orchestration.leadership import Leadership, SoleLeader
 from faena.orchestration.logs import LogRecorder
 from faena.orchestration.orchestrator import Orchestrator
 from faena.scheduling.fifo import FifoScheduler
@@ -47,12 +49,18 @@ def step_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in source.items() if not k.startswith("FAENA_")}
 
 
-def open_store(settings: Settings) -> Store:
-    """The store the settings name, not yet opened (for read-only commands)."""
+def store_url(settings: Settings) -> str:
+    """The store's SQLAlchemy URL: PostgreSQL URLs get the asyncpg driver."""
     url = settings.db_url
     if url.startswith("postgres://") or url.startswith("postgresql://"):
         # asyncpg is the driver: the async engine path of SqlStore.
         url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+    return url
+
+
+def open_store(settings: Settings) -> Store:
+    """The store the settings name, not yet opened (for read-only commands)."""
+    url = store_url(settings)
     if not url.startswith(("sqlite", "postgresql+asyncpg://")):
         raise SettingsError(
             f"FAENA_DATABASE_URL={url!r}: use sqlite:///path/to/faena.db or "
@@ -102,9 +110,16 @@ class App:
         local_agent: bool = True,
         metrics: Metrics | None = None,
         bus: EventBus | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.settings = settings
         self.store: Store = store or open_store(settings)
+        # Which replica leads orchestration; one process alone leads from the start.
+        self.leadership: Leadership = leadership or SoleLeader(
+            self.store, settings.replica_name(), settings.advertise_url or ""
+        )
+        self.term = 0
+        self.deposed: str | None = None  # why this replica stopped leading, if it did
         self.bus: EventBus = bus or open_bus(settings)
         self.relay = OutboxRelay(self.store, self.bus)
         self.orchestrator = Orchestrator(self.store, self.relay, tenant=settings.tenant)
@@ -151,9 +166,21 @@ class App:
         await self.close()
 
     async def start(self) -> None:
+        """Open the backends and lead at once (the embedded shape: one process)."""
+        await self.open()
+        await self.lead()
+
+    async def open(self) -> None:
+        """What every replica needs, leading or not: the store and the bus."""
         self.settings.home.mkdir(parents=True, exist_ok=True)
         await self.store.open()
         await self.bus.start()
+
+    async def lead(self) -> None:
+        """Wait for the lease, then run orchestration and scheduling under its term."""
+        self.term = await self.leadership.campaign()
+        if self.leadership.fenced:
+            self.orchestrator.fence = self.term
         if self.recorder is not None:
             await self.recorder.start()
         # In-process subscribers of a dead process are gone with it: nothing to redeliver
@@ -193,6 +220,7 @@ class App:
         ``force`` kills their processes at once instead of after a grace period."""
         if force:
             self.local.hurry()
+        await self.leadership.close()
         await self.registry.close()
         await self.agent.close()
         await self.pool.close()
@@ -251,11 +279,22 @@ def build_agent(settings: Settings, config: AgentConfig, provider: str) -> Remot
     return agent
 
 
+def is_distributed(settings: Settings) -> bool:
+    """Whether replicas may share this store (PostgreSQL), so leadership is contended."""
+    return settings.db_url.startswith(("postgres://", "postgresql"))
+
+
 def build_server(
-    settings: Settings, admin_token: str | None, *, with_agent: bool = True
+    settings: Settings,
+    admin_token: str | None,
+    *,
+    with_agent: bool = True,
+    on_deposed: Callable[[str], None] | None = None,
 ) -> tuple[Any, App, str | None]:
     """The control plane as an ASGI app; ``with_agent`` makes this machine a node too.
 
+    On PostgreSQL the server is one replica of many: it serves the API at once and leads
+    orchestration when it wins the lease; ``on_deposed`` is called if it loses it.
     Returns the app, the system, and the admin token when it was created just now.
     """
     from functools import partial
@@ -263,6 +302,7 @@ def build_server(
     from faena.api.agents import agent_router
     from faena.api.app import Wakeup, create_api
     from faena.api.debug import debug_router
+    from faena.api.forwarding import LeaderForwarding
     from faena.api.logs import logs_router
     from faena.api.scheduling import schedule_router
     from faena.api.telemetry import telemetry_router
@@ -278,8 +318,28 @@ def build_server(
     from faena.telemetry.asgi import RequestMetrics
     from faena.telemetry.metrics import Metrics
 
+    replica = settings.replica_name()
+    own_url = settings.advertise_url or ""
+    store = open_store(settings)
+    leadership: Leadership | None = None
+    if is_distributed(settings):
+        if with_agent:
+            raise SettingsError(
+                "--with-agent runs jobs inside the server process, which replicas sharing "
+                "PostgreSQL cannot hand over: run `faena agent` on the worker hosts instead"
+            )
+        if not own_url:
+            raise SettingsError(
+                "replicas on PostgreSQL forward to the leader at its advertised URL: "
+                "give --advertise-url or FAENA_ADVERTISE_URL (e.g. http://ci-1.internal:8080)"
+            )
+        from faena.orchestration.postgres_lease import PostgresLease
+
+        leadership = PostgresLease(store_url(settings), store, replica, own_url)
     metrics = Metrics()
-    system = App(settings, local_agent=with_agent, metrics=metrics)
+    system = App(
+        settings, store=store, local_agent=with_agent, metrics=metrics, leadership=leadership
+    )
     depths = getattr(system.bus, "depths", None)
     if depths is not None:
         metrics.add_queue_source(depths)
@@ -287,21 +347,76 @@ def build_server(
     authenticator = StoredTokenAuthenticator(system.store, TokenAuthenticator({digest: ADMIN}))
 
     wakeup = Wakeup()
+    leading = False
+    leading_task: asyncio.Task[None] | None = None
 
     async def notify(_: Event) -> None:
         wakeup.notify()
 
+    def deposed(why: str) -> None:
+        nonlocal leading
+        if not leading and system.deposed:
+            return
+        leading = False
+        system.deposed = why
+        log.error("this replica no longer leads: %s", why)
+        if on_deposed is not None:
+            on_deposed(why)
+
+    system.orchestrator.on_deposed = lambda exc: deposed(str(exc))
+
+    async def lead() -> None:
+        nonlocal leading
+        await system.lead()
+        await system.recover()
+        leading = True
+        log.info("replica %s leads orchestration (term %d)", replica, system.term)
+
+    async def lead_while_elected() -> None:
+        try:
+            await lead()
+            await system.leadership.hold()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("leading failed")
+            deposed(f"leading failed: {exc}")
+            return
+        deposed("another replica took the leadership lease")
+
     async def stop() -> None:
         system.begin_shutdown()
+        if leading_task is not None:
+            leading_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await leading_task
         # A stopping server records nothing more: the jobs its own node was running are
         # re-queued when it starts again (recover), not recorded as cancelled.
         await system.orchestrator.stop()
         await system.close()
+        await forwarding_client_close()
 
     async def start() -> None:
-        await system.start()
-        await system.bus.subscribe("ci.>", notify, durable="event-streams")
-        await system.recover()
+        nonlocal leading_task
+        await system.open()
+        # Per replica: every replica's event streams are woken by every event.
+        await system.bus.subscribe("ci.>", notify, durable=f"event-streams-{replica}")
+        if system.leadership.fenced:
+            # Followers serve at once; the lease may take a while (another replica leads).
+            leading_task = asyncio.create_task(lead_while_elected(), name="leadership")
+        else:
+            await lead()
+
+    def role() -> dict[str, Any]:
+        return {
+            "role": "leader" if leading else "follower",
+            "replica": replica,
+            "term": system.term if leading else None,
+        }
+
+    async def leader_url() -> str | None:
+        record = await system.store.leader()
+        return record.url if record is not None else None
 
     api = create_api(
         orchestrator=system.orchestrator,
@@ -314,6 +429,7 @@ def build_server(
         wakeup=wakeup,
         bus=system.bus,
         why_waiting=system.scheduler.why_waiting,
+        role=role,
         routers=[
             partial(
                 agent_router,
@@ -339,5 +455,20 @@ def build_server(
             ),
         ],
     )
+    forwarding: list[LeaderForwarding] = []
+
+    async def forwarding_client_close() -> None:
+        for f in forwarding:
+            await f.aclose()
+
+    if system.leadership.fenced:
+        api.add_middleware(
+            LeaderForwarding,
+            leading=lambda: leading,
+            leader_url=leader_url,
+            own_url=own_url,
+            replica=replica,
+            on_build=forwarding.append,
+        )
     api.add_middleware(RequestMetrics, metrics=metrics)
     return api, system, created

@@ -18,8 +18,10 @@ class PeriodicFlush:
         self._interval = interval
         self._name = name
         self._task: asyncio.Task[None] | None = None
+        self._started = False
 
     def start(self) -> None:
+        self._started = True
         self._task = asyncio.create_task(self._loop(), name=self._name)
 
     async def _loop(self) -> None:
@@ -43,4 +45,5 @@ class PeriodicFlush:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._flush()
+        if self._started:  # never started (a follower replica): nothing of its to flush
+            await self._flush()

@@ -7,6 +7,7 @@ which the CLI's start-up budget cannot afford (docs/decisions.md).
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,13 @@ class Settings:
     heartbeat_interval: float = 5.0
     metrics_token: str | None = None
     bus_url: str | None = None
+    # Where other replicas reach this one's API (followers forward commands to the leader).
+    advertise_url: str | None = None
+    replica: str | None = None
+
+    def replica_name(self) -> str:
+        """This replica's stable name: its consumers on the bus are named after it."""
+        return self.replica or socket.gethostname()
 
     @property
     def db_url(self) -> str:
@@ -74,6 +82,10 @@ class Settings:
                 raise SettingsError("FAENA_HEARTBEAT_INTERVAL must be between 0.05 and 3600")
         if e.get("FAENA_BUS_URL"):
             values["bus_url"] = e["FAENA_BUS_URL"]
+        if e.get("FAENA_ADVERTISE_URL"):
+            values["advertise_url"] = e["FAENA_ADVERTISE_URL"]
+        if e.get("FAENA_REPLICA"):
+            values["replica"] = e["FAENA_REPLICA"]
         if e.get("FAENA_METRICS_TOKEN"):
             values["metrics_token"] = e["FAENA_METRICS_TOKEN"]
         if e.get("FAENA_DATABASE_URL"):

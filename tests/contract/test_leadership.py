@@ -28,8 +28,11 @@ async def store_and_factory(
         url = str(request.getfixturevalue("postgres_url"))
         store = SqlStore(url)
         await store.open()
-        yield store, lambda holder: PostgresLease(
-            url, store, holder, f"http://{holder}", poll=0.05, check=0.1
+        yield (
+            store,
+            lambda holder: PostgresLease(
+                url, store, holder, f"http://{holder}", poll=0.05, check=0.1
+            ),
         )
     await store.close()
 

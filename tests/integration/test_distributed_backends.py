@@ -4,6 +4,7 @@ events (real servers from tests/postgres.py and tests/nats_server.py)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -123,7 +124,11 @@ async def test_a_run_survives_a_postgres_restart(
 async def test_readyz_follows_the_database(
     tmp_path: Path, postgres_url: str, postgres_server: PostgresServer, nats_server: NatsServer
 ) -> None:
-    api, _, _ = build_server(settings(tmp_path, postgres_url, nats_server), "ready-token")
+    api, _, _ = build_server(
+        replace(settings(tmp_path, postgres_url, nats_server), advertise_url="http://127.0.0.1:1"),
+        "ready-token",
+        with_agent=False,
+    )
     async with served(api) as url, httpx.AsyncClient(base_url=url) as client:
         assert (await client.get("/readyz")).status_code == 200
         restart = asyncio.create_task(asyncio.to_thread(postgres_server.restart, 2.0))

@@ -89,6 +89,7 @@ def create_api(
     wakeup: Wakeup | None = None,
     bus: EventBus | None = None,
     why_waiting: Callable[[str], str | None] = lambda job_id: None,
+    role: Callable[[], dict[str, Any]] = dict,
 ) -> FastAPI:
     """The ASGI app; ``lifespan``/``shutdown`` start and stop the system around it.
     ``routers`` add the routes of other contexts: each is called with ``require=``, the
@@ -132,7 +133,7 @@ def create_api(
 
     @api.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        """Readiness: the store and the bus answer."""
+        """Readiness: the store and the bus answer; says whether this replica leads."""
         try:
             await store.list_runs(limit=1)
         except Exception as exc:
@@ -142,7 +143,7 @@ def create_api(
                 await bus.ping()
             except Exception as exc:
                 return problems.problem(503, ErrorCode.ORC_INFRA, f"bus unavailable: {exc}")
-        return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "ready", **role()})
 
     @api.post(
         "/api/v1/pipelines",

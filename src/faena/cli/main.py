@@ -215,6 +215,12 @@ def command_parser(name: str) -> argparse.ArgumentParser:
                             "start and printed once)")  # fmt: skip
         p.add_argument("--with-agent", action="store_true",
                        help="also run jobs on this machine (one command, one machine)")  # fmt: skip
+        p.add_argument("--advertise-url", default=None,
+                       help="where other replicas reach this one (env FAENA_ADVERTISE_URL; "
+                            "default http://HOST:PORT)")  # fmt: skip
+        p.add_argument("--replica", default=None,
+                       help="this replica's stable name (env FAENA_REPLICA; default: "
+                            "host name and port)")  # fmt: skip
         jobs_flag()
     return p
 
@@ -264,7 +270,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from faena.cli.server import server_command
 
         return server_command(args.host, args.port, args.admin_token, args.jobs,
-                              with_agent=args.with_agent)  # fmt: skip
+                              with_agent=args.with_agent, advertise_url=args.advertise_url,
+                              replica=args.replica)  # fmt: skip
     if args.command == "events":
         from faena.cli.events import replay_command
 

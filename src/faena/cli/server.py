@@ -4,21 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
+from dataclasses import replace
 from types import FrameType
 
 from faena.settings import Settings
 
 
+DEPOSED_EXIT = 3
+
+
 def server_command(
-    host: str, port: int, admin_token: str | None, jobs: int | None, *, with_agent: bool
+    host: str,
+    port: int,
+    admin_token: str | None,
+    jobs: int | None,
+    *,
+    with_agent: bool,
+    advertise_url: str | None = None,
+    replica: str | None = None,
 ) -> int:
     import uvicorn
 
     from faena.app import build_server, check_backends
     from faena.domain.errors import FaenaError
 
-    settings = Settings.from_env(jobs=jobs)
+    settings = Settings.from_env(jobs=jobs, advertise_url=advertise_url, replica=replica)
+    if settings.advertise_url is None:
+        shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+        settings = replace(settings, advertise_url=f"http://{shown}:{port}")
+    if settings.replica is None:
+        settings = replace(settings, replica=f"{socket.gethostname()}-{port}")
     token = admin_token or os.environ.get("FAENA_ADMIN_TOKEN") or None
     try:
         asyncio.run(check_backends(settings))
@@ -26,7 +43,17 @@ def server_command(
         code = "" if isinstance(exc, FaenaError) else "ORC-INFRA: "
         print(f"error: cannot start: {code}{exc}", file=sys.stderr)
         return 1
-    api, system, created = build_server(settings, token, with_agent=with_agent)
+    deposed: list[str] = []
+
+    def on_deposed(why: str) -> None:
+        # Its in-memory view may be stale: stop, and let the supervisor start it again
+        # as a follower (exit code 3).
+        deposed.append(why)
+        server.should_exit = True
+
+    api, system, created = build_server(
+        settings, token, with_agent=with_agent, on_deposed=on_deposed
+    )
     if created:
         print(
             f"admin token (shown once; stored hashed in {settings.home}/admin-token.sha256):\n"
@@ -64,5 +91,12 @@ def server_command(
         asyncio.run(server.serve())
     except KeyboardInterrupt:
         return 130
+    if deposed:
+        print(
+            f"faena server stopped: this replica no longer leads ({deposed[0]}); "
+            "start it again to rejoin as a follower",
+            file=sys.stderr,
+        )
+        return DEPOSED_EXIT
     print("faena server stopped", file=sys.stderr)
     return 0

@@ -25,7 +25,7 @@ from faena.domain.spec import PipelineSpec
 from faena.domain.states import JobState, RunState
 from faena.orchestration.ports import CommittedEventPublisher
 from faena.retries import with_retries
-from faena.store.port import Commit, Store
+from faena.store.port import Commit, Deposed, Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -158,6 +158,10 @@ class Orchestrator:
         )
         self._task: asyncio.Task[None] | None = None
         self._watchers: dict[str, list[asyncio.Future[PipelineRun]]] = {}
+        # The leader's term (see orchestration/leadership.py): every commit carries it, and
+        # the first refused one calls on_deposed; None when no other replica can lead.
+        self.fence: int | None = None
+        self.on_deposed: Callable[[Deposed], None] = lambda exc: None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="orchestrator")
@@ -208,9 +212,16 @@ class Orchestrator:
         try:
             if tx.events or tx.specs:
                 writes = tx.to_commit()
+                writes.fence = self.fence
                 # A database restart is ridden out; commands queue meanwhile.
                 await with_retries(lambda: self._store.commit(writes), "commit",
-                                   delay=self._retry_delay)  # fmt: skip
+                                   delay=self._retry_delay, final=Deposed)  # fmt: skip
+        except Deposed as exc:
+            log.error("%s", exc)
+            self.on_deposed(exc)
+            outcomes = [(fut, None, err or exc) for fut, _, err in outcomes]
+            tx.events.clear()
+            broken.clear()
         except Exception as exc:
             log.exception("commit failed")
             broken.update(tx.handles)

@@ -293,4 +293,3 @@ def _loads(text: str) -> dict[str, Any]:
 
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
-

@@ -607,9 +607,7 @@ class _Sql:
     def revoke_token(conn: sa.Connection, token_id: str, at: float) -> bool:
         return bool(conn.execute(_REVOKE_TOKEN, {"revoke_id": token_id, "at": at}).rowcount)
 
-    def claim_leadership(
-        self, conn: sa.Connection, holder: str, url: str, keep: int | None
-    ) -> int:
+    def claim_leadership(self, conn: sa.Connection, holder: str, url: str, keep: int | None) -> int:
         if self._lock is not None:
             conn.execute(self._lock, _LOCK_EVENT_LOG)
         current = self.leader(conn)

@@ -27,6 +27,22 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
     return config
 
 
+TABLES = {
+    "runs",
+    "jobs",
+    "specs",
+    "events",
+    "outbox",
+    "inbox",
+    "logs",
+    "log_chunks",
+    "idempotency",
+    "tokens",
+    "leadership",
+    "alembic_version",
+}
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "nested" / "faena.db"
@@ -97,19 +113,7 @@ async def test_upgrade_from_empty_creates_all_tables(db_path: Path, sync_engine:
     await migrate_with_store(db_path)
 
     tables = set(sa.inspect(sync_engine).get_table_names())
-    assert tables == {
-        "runs",
-        "jobs",
-        "specs",
-        "events",
-        "outbox",
-        "inbox",
-        "logs",
-        "log_chunks",
-        "idempotency",
-        "tokens",
-        "alembic_version",
-    }
+    assert tables == TABLES
     with sync_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == (
             HEAD_REVISION
@@ -223,20 +227,6 @@ def test_open_skips_alembic_when_the_schema_is_at_head(db_path: Path) -> None:
 
 
 # -- PostgreSQL: the same migrations on a real server ----------------------------------
-
-TABLES = {
-    "runs",
-    "jobs",
-    "specs",
-    "events",
-    "outbox",
-    "inbox",
-    "logs",
-    "log_chunks",
-    "idempotency",
-    "tokens",
-    "alembic_version",
-}
 
 
 def on_postgres(url: str, fn: Callable[[sa.Connection], Any]) -> Any:
