@@ -171,11 +171,46 @@ def make_server(tmp: Path, *, with_agent: bool = False, port: int | None = None)
     return Server(args, env, tmp / "server.log", url=f"http://127.0.0.1:{port}", home=home)
 
 
-def make_agent(tmp: Path, server: Server, name: str, *, labels: str = "", slots: int = 2) -> Proc:
+def make_agent(
+    tmp: Path,
+    server: Server,
+    name: str,
+    *,
+    labels: str = "",
+    slots: int = 2,
+    also: tuple[Server, ...] = (),
+) -> Proc:
+    """An agent of ``server`` (and of the replicas ``also``, tried when it is unreachable)."""
     token = server.agent_token(name)
-    args = [*FAENA_CMD, "agent", "--server", server.url, "--token", token, "--name", name,
+    urls = ",".join(s.url for s in (server, *also))
+    args = [*FAENA_CMD, "agent", "--server", urls, "--token", token, "--name", name,
             "--jobs", str(slots)]  # fmt: skip
     if labels:
         args += ["--labels", labels]
     env = clean_env(FAENA_HOME=str(tmp / f"agent-{name}"))
     return Proc(args, env, tmp / f"agent-{name}.log")
+
+
+def make_replica(tmp: Path, name: str, database_url: str, bus_url: str) -> Server:
+    """One `faena server` replica of several sharing PostgreSQL and NATS."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    home = tmp / f"replica-{name}"
+    args = [*FAENA_CMD, "server", "--port", str(port), "--admin-token", ADMIN,
+            "--replica", name, "--advertise-url", url]  # fmt: skip
+    env = clean_env(
+        FAENA_HOME=str(home),
+        FAENA_HEARTBEAT_INTERVAL=HEARTBEAT,
+        FAENA_DATABASE_URL=database_url,
+        FAENA_BUS_URL=bus_url,
+    )
+    return Server(args, env, tmp / f"replica-{name}.log", url=url, home=home)
+
+
+def role(server: Server) -> str | None:
+    """``leader`` or ``follower`` as the replica's /readyz says; None if it does not answer."""
+    try:
+        r = httpx.get(f"{server.url}/readyz", timeout=1)
+    except httpx.HTTPError:
+        return None
+    return str(r.json().get("role")) if r.status_code == 200 else None

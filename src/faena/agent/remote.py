@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from faena import __version__
+from faena.agent.failover import FailoverTransport
 from faena.agent.http_control_plane import (
     HttpControlPlane,
     NodeUnknown,
@@ -43,6 +44,8 @@ class AgentConfig:
     labels: tuple[str, ...] = ()
     slots: int = 1
     capacity: dict[str, str] = field(default_factory=dict)
+    # Other replicas of the same control plane, tried in turn when one is unreachable.
+    fallbacks: tuple[str, ...] = ()
 
 
 class RemoteAgent:
@@ -58,6 +61,8 @@ class RemoteAgent:
         self._prepare = prepare
         self.keep_open: object = None
         self._provider = provider
+        if transport is None and config.fallbacks:
+            transport = FailoverTransport([config.server, *config.fallbacks])
         self._client = httpx.AsyncClient(
             base_url=config.server.rstrip("/"),
             headers={"Authorization": f"Bearer {config.token}"},

@@ -59,8 +59,13 @@ def agent_command(
         raise SettingsError("no server: give --server URL or set FAENA_SERVER")
     if not secret:
         raise SettingsError("no token: give --token T or set FAENA_TOKEN (an agent token)")
-    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
-        raise SettingsError(f"--server {url!r}: expected a URL like http://ci.example:8080")
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    for one in servers or [url]:
+        if not re.fullmatch(r"https?://[^\s/,]+(/[^\s,]*)?", one):
+            raise SettingsError(
+                f"--server {one!r}: expected a URL like http://ci.example:8080 "
+                "(or several replicas' URLs, comma-separated)"
+            )
     cap = parse_capacity(capacity)
     given = [x.strip() for x in (labels or "").split(",") if x.strip()]
     for label in given:
@@ -78,7 +83,8 @@ def agent_command(
             slots = int(cpu)
     settings = Settings.from_env(jobs=slots)
     config = AgentConfig(
-        server=url,
+        server=servers[0],
+        fallbacks=tuple(servers[1:]),
         token=secret,
         name=name or socket.gethostname(),
         labels=tuple(every),

@@ -191,7 +191,9 @@ def command_parser(name: str) -> argparse.ArgumentParser:
         server_flags()
         profile_flag()
     elif name == "agent":
-        p.add_argument("--server", default=None, help="server URL (env FAENA_SERVER)")
+        p.add_argument("--server", default=None,
+                       help="server URL, or every replica's URL comma-separated "
+                            "(env FAENA_SERVER)")  # fmt: skip
         p.add_argument("--token", default=None, help="this agent's token (env FAENA_TOKEN)")
         p.add_argument("--name", default=None, help="node name (default: the host name)")
         p.add_argument(

@@ -11,7 +11,6 @@ from types import FrameType
 
 from faena.settings import Settings
 
-
 DEPOSED_EXIT = 3
 
 

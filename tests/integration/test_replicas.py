@@ -1,0 +1,160 @@
+"""Several `faena server` replicas on one PostgreSQL and one NATS, with real agents: every
+replica serves the API, one leads, and killing the leader loses no accepted run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from remote_harness import ADMIN, Proc, Server, make_agent, make_replica, role, wait_until
+
+from faena.orchestration.postgres_lease import LOCK_CLASS, LOCK_KEY, asyncpg_dsn
+from nats_server import NatsServer
+
+# Each job holds a directory named after it while it runs: a second copy of the same job
+# running at the same time cannot create it, and fails its run.
+PIPELINE = """
+name: replicated-{n}
+jobs:
+  build:
+    steps:
+      - run: |
+          mkdir "{dir}/$FAENA_JOB_ID" || {{ echo "$FAENA_JOB_ID runs twice at once"; exit 1; }}
+          echo "$FAENA_JOB_ID" >> "{dir}/ran"
+          sleep 1
+          rmdir "{dir}/$FAENA_JOB_ID"
+  test:
+    needs: build
+    strategy:
+      matrix:
+        shard: [1, 2]
+    steps:
+      - run: |
+          mkdir "{dir}/$FAENA_JOB_ID" || {{ echo "$FAENA_JOB_ID runs twice at once"; exit 1; }}
+          echo "$FAENA_JOB_ID" >> "{dir}/ran"
+          sleep 1.5
+          rmdir "{dir}/$FAENA_JOB_ID"
+"""
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in reversed(started):
+        p.stop()
+
+
+def start(procs: list[Proc], p: Proc) -> Proc:
+    procs.append(p)
+    p.start()
+    return p
+
+
+def replicas(
+    tmp_path: Path, procs: list[Proc], postgres_url: str, nats: NatsServer
+) -> tuple[Server, Server]:
+    first = start(procs, make_replica(tmp_path, "r1", postgres_url, nats.url))
+    assert isinstance(first, Server)
+    wait_until(lambda: role(first) == "leader", what="the first replica to lead")
+    second = start(procs, make_replica(tmp_path, "r2", postgres_url, nats.url))
+    assert isinstance(second, Server)
+    return first, second
+
+
+def test_every_replica_serves_and_one_leads(
+    tmp_path: Path, procs: list[Proc], postgres_url: str, nats_server: NatsServer
+) -> None:
+    leader, follower = replicas(tmp_path, procs, postgres_url, nats_server)
+    assert role(follower) == "follower"
+    start(procs, make_agent(tmp_path, follower, "solo", also=(leader,)))
+    wait_until(lambda: [n["name"] for n in follower.nodes()] == ["solo"], what="agent")
+    # Submitted through the follower (forwarded), read back through both.
+    run_id = follower.submit(PIPELINE.format(n=1, dir=tmp_path))
+    row = follower.wait_run(run_id)
+    assert row["state"] == "SUCCEEDED", row
+    assert leader.run(run_id)["state"] == "SUCCEEDED"
+    listed = follower.api("GET", "/api/v1/pipelines")["items"]
+    assert [r["run_id"] for r in listed] == [run_id]
+    # The follower's own event stream has the run's events.
+    with httpx.stream(
+        "GET", f"{follower.url}/api/v1/events", params={"run": run_id},
+        headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10,
+    ) as stream:  # fmt: skip
+        subjects = []
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                subjects.append(line[7:])
+            if "ci.run.v1.completed" in subjects:
+                break
+    assert subjects[0] == "ci.run.v1.requested" and subjects[-1] == "ci.run.v1.completed"
+    # Authentication still applies to forwarded requests.
+    r = httpx.post(f"{follower.url}/api/v1/pipelines/{run_id}/cancel", timeout=10)
+    assert r.status_code == 401 and r.json()["code"] == "SEC-TOK"
+
+
+def test_the_leader_killed_mid_run_is_replaced_and_every_run_completes(
+    tmp_path: Path, procs: list[Proc], postgres_url: str, nats_server: NatsServer
+) -> None:
+    leader, follower = replicas(tmp_path, procs, postgres_url, nats_server)
+    for name in ("north", "south"):
+        start(procs, make_agent(tmp_path, follower, name, also=(leader,)))
+    wait_until(lambda: len(leader.nodes()) == 2, what="both agents registered")
+    runs = [leader.submit(PIPELINE.format(n=n, dir=tmp_path)) for n in range(4)]
+    wait_until(
+        lambda: any(j["state"] == "RUNNING" for j in leader.run(runs[-1])["jobs"]),
+        what="the last run to start",
+    )
+    assert leader.proc is not None
+    os.killpg(os.getpgid(leader.proc.pid), signal.SIGKILL)
+    killed = time.monotonic()
+    leader.proc.wait(timeout=10)
+    wait_until(lambda: role(follower) == "leader", timeout=30, what="the follower to lead")
+    takeover = time.monotonic() - killed
+    print(f"takeover: {takeover:.2f}s")
+    for run_id in runs:
+        row = follower.wait_run(run_id, timeout=120)
+        assert row["state"] == "SUCCEEDED", (row, follower.output())
+    ran = (tmp_path / "ran").read_text().split()
+    assert len(ran) == 4 * 3 and len(set(ran)) == len(ran), ran  # each job ran once
+    # The new leader's term is higher: the old one's writes would be refused.
+    ready = httpx.get(f"{follower.url}/readyz", timeout=5).json()
+    assert ready["role"] == "leader" and ready["term"] >= 2
+
+
+def test_a_leader_that_loses_its_lease_stops_and_says_so(
+    tmp_path: Path, procs: list[Proc], postgres_url: str, nats_server: NatsServer
+) -> None:
+    """Its database session is cut (a network partition, as the database sees it): the
+    follower takes the lease, and the old leader exits 3 instead of acting on stale state."""
+    leader, follower = replicas(tmp_path, procs, postgres_url, nats_server)
+
+    async def cut() -> None:
+        admin = await asyncpg.connect(asyncpg_dsn(postgres_url))
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid = $1 AND objid = $2 AND granted",
+                LOCK_CLASS,
+                LOCK_KEY,
+            )
+        finally:
+            await admin.close()
+
+    # The follower polls for the lock every 0.5 s; the leader checks its session every
+    # second: cut until the follower wins the race (it almost always does at once).
+    deadline = time.monotonic() + 30
+    while role(follower) != "leader":
+        assert time.monotonic() < deadline, "the follower never took the lease"
+        asyncio.run(cut())
+        time.sleep(0.7)
+    assert leader.proc is not None
+    assert leader.proc.wait(timeout=30) == 3, leader.output()
+    assert "no longer leads" in leader.output()
