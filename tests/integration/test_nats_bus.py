@@ -238,3 +238,39 @@ async def test_durable_names_are_sanitised_and_shared(bus: JetStreamBus) -> None
     await wait_for(lambda: len(a.events) + len(b.events) == 20)
     await asyncio.sleep(0.2)
     assert sorted(a.jobs + b.jobs) == sorted(f"j{i}" for i in range(20))
+
+
+async def test_retention_follows_the_subject(nats_server: NatsServer) -> None:
+    """Step events expire before job events (seconds here, where the seeds say 30 and 90
+    days); the stream keeps the longest and says it allows per-message TTLs."""
+    b = make_bus(nats_server, stream="FAENA_TTL", retention={"ci.step.": 1.0},
+                 default_retention=3600.0)  # fmt: skip
+    await b.start()
+    try:
+        info = await b.js.stream_info(b.stream)
+        assert info.config.allow_msg_ttl and info.config.max_age == 3600.0
+        step = make_event(
+            "ci.step.v1.started",
+            {"job_id": "j", "step_id": "s", "exec_id": "e"},
+            correlation_id="r",
+        )
+        await b.publish([job_event("kept"), step])
+        assert await stream_messages(b) == 2
+        async with asyncio.timeout(15):
+            while await stream_messages(b) != 1:
+                await asyncio.sleep(0.1)
+        kept = await b.js.get_last_msg(b.stream, "ci.job.v1.requested")
+        assert kept.data is not None and b"kept" in kept.data
+    finally:
+        await b.close()
+
+
+def test_the_default_retention_is_the_seeds() -> None:
+    b = JetStreamBus("nats://127.0.0.1:1")
+    day = 86400
+    assert b.kept_for("ci.job.v1.completed") == 90 * day
+    assert b.kept_for("ci.run.v1.requested") == 90 * day
+    assert b.kept_for("ci.step.v1.completed") == 30 * day
+    assert b.kept_for("ci.security.v1.denied") == 180 * day == b.max_age
+    assert b.headers("ci.step.v1.started", "k") == {"Nats-Msg-Id": "k", "Nats-TTL": "2592000s"}
+    assert b.headers("ci.security.v1.denied", "k") == {"Nats-Msg-Id": "k"}

@@ -1,10 +1,14 @@
 """EventBus on NATS JetStream: the distributed shape's bus.
 
 Stream. One file-backed stream (``FAENA`` by default) captures ``ci.>``, so it also holds the
-dead letters (``ci.dlq.>``): one place to inspect, one retention policy, and a DLQ subscriber
-is just another consumer. Retention is by limits (``max_age``, default 7 days): the bus is
-transport, not the record; the store's append-only event log is the source of truth that
-keeps events for the retention of communication_architecture.md Tabla 9. Every event is
+dead letters (``ci.dlq.>``): one place to inspect, and a DLQ subscriber is just another
+consumer. Retention follows communication_architecture.md Tablas 9 and 19 by subject:
+Step* and log chunks 30 days, Job* and the rest of the business events (runs, assignments,
+workers, nodes, artifacts, dead letters) 90 days, security events 180 days, metrics one day,
+traces seven. One stream holds them all through per-message TTLs (``Nats-TTL``, NATS 2.11+;
+the stream's ``max_age`` is the longest retention): separate streams per retention could
+not share the ``ci.>`` capture, and each new subject family would need one. The store's
+append-only event log, never trimmed, stays the record projections are rebuilt from. Every event is
 published with ``Nats-Msg-Id`` = its idempotency key, so the server drops a duplicate that
 arrives within ``duplicate_window`` (an outbox relay republishing after a crash, or
 ``publish`` retrying after a timeout whose first try did land). ``publish`` waits for the
@@ -44,7 +48,6 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import nats
 import nats.errors
@@ -68,6 +71,17 @@ from faena.domain.events import Event
 log = logging.getLogger(__name__)
 
 MSG_ID = "Nats-Msg-Id"
+MSG_TTL = "Nats-TTL"
+DAY = 86400.0
+# Subject prefix -> seconds kept (communication_architecture.md Tablas 9 and 19).
+RETENTION: dict[str, float] = {
+    "ci.security.": 180 * DAY,
+    "ci.step.": 30 * DAY,
+    "ci.log.": 30 * DAY,
+    "ci.metric.": 1 * DAY,
+    "ci.trace.": 7 * DAY,
+}
+DEFAULT_RETENTION = 90 * DAY  # Job*, runs, assignments, workers, nodes, artifacts, DLQ
 DLQ_REASON = "Faena-Dlq-Reason"
 DLQ_CONSUMER = "Faena-Dlq-Consumer"
 DLQ_DELIVERIES = "Faena-Dlq-Deliveries"
@@ -248,15 +262,15 @@ class _JetStreamSubscription:
             )
             await msg.term()
             return
+        subject = DLQ_PREFIX + msg.subject
         headers = {
             # One dead letter per consumer and message, even if this is retried.
-            MSG_ID: f"dlq:{self.name}:{seq}",
+            **self.bus.headers(subject, f"dlq:{self.name}:{seq}"),
             DLQ_REASON: _header_value(reason) or "failed",
             DLQ_CONSUMER: self.name,
             DLQ_DELIVERIES: str(delivered),
             DLQ_STREAM_SEQ: str(seq),
         }
-        subject = DLQ_PREFIX + msg.subject
         body = msg.data if event is None else encode(_with_subject(event, subject))
         try:
             await self.bus._publish_one(subject, body, headers)
@@ -302,7 +316,8 @@ class JetStreamBus:
         stream: str = "FAENA",
         subjects: Sequence[str] = ("ci.>",),
         duplicate_window: float = 120.0,
-        max_age: float = 7 * 24 * 3600.0,
+        retention: dict[str, float] | None = None,
+        default_retention: float = DEFAULT_RETENTION,
         max_bytes: int = -1,
         replicas: int = 1,
         # An ack lost in a server crash holds a strictly ordered consumer until ack_wait
@@ -319,7 +334,9 @@ class JetStreamBus:
         self.stream = stream
         self.subjects = list(subjects)
         self.duplicate_window = duplicate_window
-        self.max_age = max_age
+        self.retention = dict(RETENTION if retention is None else retention)
+        self.default_retention = default_retention
+        self.max_age = max([default_retention, *self.retention.values()])
         self.max_bytes = max_bytes
         self.replicas = replicas
         self.ack_wait = ack_wait
@@ -385,7 +402,23 @@ class JetStreamBus:
             max_bytes=self.max_bytes,
             num_replicas=self.replicas,
             duplicate_window=self.duplicate_window,
+            allow_msg_ttl=True,
         )
+
+    def kept_for(self, subject: str) -> float:
+        """Seconds the stream keeps an event of ``subject`` (dead letters: the default)."""
+        for prefix, seconds in self.retention.items():
+            if subject.startswith(prefix):
+                return seconds
+        return self.default_retention
+
+    def headers(self, subject: str, msg_id: str) -> dict[str, str]:
+        """The publish headers: de-duplication id, and a TTL shorter than the stream's."""
+        headers = {MSG_ID: msg_id}
+        kept = self.kept_for(subject)
+        if kept < self.max_age:
+            headers[MSG_TTL] = f"{max(1, int(kept))}s"
+        return headers
 
     async def _ensure_stream(self) -> None:
         config = self._stream_config()
@@ -436,12 +469,19 @@ class JetStreamBus:
     async def _publish_batch(self, events: list[Event]) -> list[Event]:
         """Pipeline the publishes; return the events from the first one not acked, or raise."""
         if len(events) == 1:
-            await self._publish_one(events[0].subject, encode(events[0]), _msg_id(events[0]))
+            e = events[0]
+            await self._publish_one(
+                e.subject, encode(e), self.headers(e.subject, e.idempotency_key)
+            )
             return []
         futures = []
         for event in events:
             futures.append(
-                await self.js.publish_async(event.subject, encode(event), headers=_msg_id(event))
+                await self.js.publish_async(
+                    event.subject,
+                    encode(event),
+                    headers=self.headers(event.subject, event.idempotency_key),
+                )
             )
         try:
             results = await asyncio.wait_for(
@@ -483,7 +523,3 @@ class JetStreamBus:
         for sub in self._subs:
             out[sub.pattern] = out.get(sub.pattern, 0) + sub.pending
         return out
-
-
-def _msg_id(event: Event) -> dict[str, Any]:
-    return {MSG_ID: event.idempotency_key}
