@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,9 @@ ENDED = (*TERMINAL, "SKIPPED")  # a job's ends
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 POLL = 0.5  # seconds between two looks at a followed run
 LOG_PAGE = 10_000
+
+
+WAIT_FOR_LEADER = 30.0  # seconds a command waits for the replicas to elect a leader
 
 
 class ClientError(Exception):
@@ -53,12 +57,24 @@ class Api:
         self.http = httpx.Client(base_url=self.base, headers=headers, timeout=30)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            r = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            origin = self.config.server_from
-            where = f" (server from {origin})" if origin and origin != "--server" else ""
-            raise ClientError(f"cannot reach {self.base}{where}: {exc}", 1) from None
+        deadline = time.monotonic() + WAIT_FOR_LEADER
+        told = False
+        while True:
+            try:
+                r = self.http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                origin = self.config.server_from
+                where = f" (server from {origin})" if origin and origin != "--server" else ""
+                raise ClientError(f"cannot reach {self.base}{where}: {exc}", 1) from None
+            # A replica with no leader to forward to (an election in progress) asks for a
+            # retry; it did nothing with the request, so sending it again is safe.
+            after = r.headers.get("retry-after", "")
+            if r.status_code != 503 or not after.isdigit() or time.monotonic() > deadline:
+                break
+            if not told:
+                print(f"waiting: {describe(r)}", file=sys.stderr)
+                told = True
+            time.sleep(min(float(after), 5.0))
         if r.status_code >= 400:
             message = describe(r)
             if r.status_code == 401:
@@ -144,7 +160,9 @@ def submit_command(
     try:
         created = api.call("POST", "/api/v1/pipelines", content=text, params=params,
                            headers={"X-Faena-Filename": str(file),
-                                    "Content-Type": "application/yaml"})  # fmt: skip
+                                    "Content-Type": "application/yaml",
+                                    # Sent again after a 503, it cannot start a second run.
+                                    "Idempotency-Key": uuid.uuid4().hex})  # fmt: skip
     except ClientError as exc:
         return _fail(exc)
     run_id = created["run_id"]
