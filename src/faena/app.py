@@ -115,9 +115,7 @@ class App:
         self.settings = settings
         self.store: Store = store or open_store(settings)
         # Which replica leads orchestration; one process alone leads from the start.
-        self.leadership: Leadership = leadership or SoleLeader(
-            self.store, settings.replica_name(), settings.advertise_url or ""
-        )
+        self.leadership: Leadership = leadership or SoleLeader()
         self.term = 0
         self.deposed: str | None = None  # why this replica stopped leading, if it did
         self.bus: EventBus = bus or open_bus(settings)

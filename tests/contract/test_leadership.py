@@ -23,7 +23,7 @@ async def store_and_factory(
     if request.param == "sole":
         store: Store = SqlStore(f"sqlite:///{tmp_path}/faena.db")
         await store.open()
-        yield store, lambda holder: SoleLeader(store, holder, f"http://{holder}")
+        yield store, lambda holder: SoleLeader()
     else:
         url = str(request.getfixturevalue("postgres_url"))
         store = SqlStore(url)
@@ -37,29 +37,11 @@ async def store_and_factory(
     await store.close()
 
 
-async def test_campaign_returns_the_recorded_term(
-    store_and_factory: tuple[Store, Factory],
-) -> None:
-    store, make = store_and_factory
-    lease = make("a")
-    term = await asyncio.wait_for(lease.campaign(), 10)
-    leader = await store.leader()
-    assert leader is not None
-    assert (leader.term, leader.holder, leader.url) == (term, "a", "http://a")
-    await lease.close()
-
-
-async def test_the_next_leader_gets_a_higher_term(
-    store_and_factory: tuple[Store, Factory],
-) -> None:
+async def test_campaign_returns_a_term(store_and_factory: tuple[Store, Factory]) -> None:
     _, make = store_and_factory
-    first = make("a")
-    t1 = await asyncio.wait_for(first.campaign(), 10)
-    await first.close()
-    second = make("b")
-    t2 = await asyncio.wait_for(second.campaign(), 10)
-    assert t2 > t1
-    await second.close()
+    lease = make("a")
+    assert await asyncio.wait_for(lease.campaign(), 10) >= 1
+    await lease.close()
 
 
 async def test_a_leader_holds_until_it_resigns(store_and_factory: tuple[Store, Factory]) -> None:
@@ -86,6 +68,21 @@ async def pg(postgres_url: str) -> AsyncIterator[tuple[str, Store]]:
 
 def lease(url: str, store: Store, holder: str, check: float = 0.1) -> PostgresLease:
     return PostgresLease(url, store, holder, f"http://{holder}", poll=0.05, check=check)
+
+
+async def test_the_term_is_recorded_and_the_next_leader_gets_a_higher_one(
+    pg: tuple[str, Store],
+) -> None:
+    url, store = pg
+    first = lease(url, store, "a")
+    t1 = await first.campaign()
+    leader = await store.leader()
+    assert leader is not None
+    assert (leader.term, leader.holder, leader.url) == (t1, "a", "http://a")
+    await first.close()
+    second = lease(url, store, "b")
+    assert await second.campaign() > t1
+    await second.close()
 
 
 async def test_one_leader_at_a_time_and_the_follower_takes_over(

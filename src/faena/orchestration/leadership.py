@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from faena.store.port import Store
-
 
 class Leadership(Protocol):
     """A lease on leading orchestration."""
@@ -38,18 +36,17 @@ class Leadership(Protocol):
 
 
 class SoleLeader:
-    """The only replica: it leads from the start and never loses the lease."""
+    """The only process (SQLite, ``faena run``): it leads from the start, never loses the
+    lease, and records nothing, so it can never depose the leader of replicas that happen
+    to share its database."""
 
     fenced = False
 
-    def __init__(self, store: Store, holder: str, url: str) -> None:
-        self._store = store
-        self._holder = holder
-        self._url = url
+    def __init__(self) -> None:
         self._closed = asyncio.Event()
 
     async def campaign(self) -> int:
-        return await self._store.claim_leadership(self._holder, self._url)
+        return 1
 
     async def hold(self) -> None:
         await self._closed.wait()

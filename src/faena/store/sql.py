@@ -33,8 +33,12 @@ The outbox needs no claim: each process publishes what it commits and marks it p
 once publish some events twice, which at-least-once delivery allows (consumers dedupe by
 event_id and their inbox). A claim (SELECT ... FOR UPDATE SKIP LOCKED) would not remove
 that: a row lock lasts only as long as its transaction, and publishing inside one would
-hold it across a network call; a lease column would be a schema change. Running the
-catch-up on the leader only (the leader lease) is the way to fewer duplicates.
+hold it across a network call; a lease column would be a schema change. Only the leading
+replica runs the relay (orchestration/leadership.py), which is what keeps duplicates rare.
+
+Leadership: ``claim_leadership`` raises the term under the event-log lock, and a fenced
+commit checks the term under the same lock, so a commit of a deposed leader is either
+before the claim or refused (see ``Commit.fence``).
 
 The schema is owned by the Alembic migrations in ``migrations/``; ``METADATA`` mirrors
 them for queries and a test keeps the two equal.
