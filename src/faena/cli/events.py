@@ -25,7 +25,7 @@ def parse_since(text: str | None) -> tuple[int, float | None]:
     return 0, moment.timestamp()
 
 
-def replay_command(since: str | None, *, json_out: bool) -> int:
+def replay_command(since: str | None, *, json_out: bool, in_flight: bool = False) -> int:
     from faena.app import open_store
     from faena.orchestration.projections import replay
 
@@ -36,17 +36,23 @@ def replay_command(since: str | None, *, json_out: bool) -> int:
         store = open_store(settings)
         await store.open()
         try:
-            report = await replay(store, since_seq=since_seq, since_time=since_time)
+            report = await replay(
+                store, since_seq=since_seq, since_time=since_time, in_flight=in_flight
+            )
         finally:
             await store.close()
         if json_out:
             print(json.dumps({"events": report.events, "runs": report.runs,
-                              "changed": report.changed}))  # fmt: skip
+                              "changed": report.changed,
+                              "in_flight": report.in_flight}))  # fmt: skip
         else:
             print(f"replayed {report.events} event(s): {len(report.runs)} run(s) rebuilt, "
                   f"{len(report.changed)} differed from their stored rows")  # fmt: skip
             for run_id in report.changed:
                 print(f"  fixed {run_id}")
+            if report.in_flight:
+                print(f"left {len(report.in_flight)} unfinished run(s) to their orchestrator "
+                      "(--in-flight rebuilds them too: only when no server runs them)")  # fmt: skip
         return 0
 
     try:

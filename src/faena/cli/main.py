@@ -180,6 +180,8 @@ def command_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("action", choices=["replay"])
         p.add_argument("--since", default=None, metavar="N|TIME",
                        help="events after this number, or from this time (ISO)")  # fmt: skip
+        p.add_argument("--in-flight", action="store_true",
+                       help="rebuild unfinished runs too (only while no server runs them)")  # fmt: skip
         json_flag()
     elif name == "exec":
         p.usage = "faena exec [-h] RUN JOB -- COMMAND [ARG ...]\n       faena exec --resume RUN JOB"
@@ -277,7 +279,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "events":
         from faena.cli.events import replay_command
 
-        return replay_command(args.since, json_out=args.json)
+        return replay_command(args.since, json_out=args.json, in_flight=args.in_flight)
     if args.command == "exec":
         from faena.cli.debug import exec_command
 

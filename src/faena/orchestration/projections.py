@@ -23,11 +23,22 @@ class Replay:
     events: int = 0
     runs: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    in_flight: list[str] = field(default_factory=list)
 
 
-async def replay(store: Store, *, since_seq: int = 0, since_time: float | None = None) -> Replay:
-    """Rebuild the rows of every run with an event after ``since_seq`` (and at or after
-    ``since_time``, epoch seconds, when given)."""
+async def replay(
+    store: Store,
+    *,
+    since_seq: int = 0,
+    since_time: float | None = None,
+    in_flight: bool = False,
+) -> Replay:
+    """Rebuild the rows of every finished run with an event after ``since_seq`` (and at or
+    after ``since_time``, epoch seconds, when given); unfinished runs too with ``in_flight``.
+
+    Unfinished runs are left alone by default: a live orchestrator (a server, or a replica
+    sharing the database) writes their rows on every change, and a replay racing it could
+    write rows older than its last commit."""
     report = Replay()
     touched: dict[str, None] = {}
     seq = since_seq
@@ -45,6 +56,9 @@ async def replay(store: Store, *, since_seq: int = 0, since_time: float | None =
         if not events:
             continue
         run = rebuild(run_id, events)
+        if not run.state.terminal and not in_flight:
+            report.in_flight.append(run_id)
+            continue
         rows = []
         for job in run.jobs.values():
             row = job.to_row()
