@@ -181,7 +181,8 @@ def command_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--since", default=None, metavar="N|TIME",
                        help="events after this number, or from this time (ISO)")  # fmt: skip
         p.add_argument("--in-flight", action="store_true",
-                       help="rebuild unfinished runs too (only while no server runs them)")  # fmt: skip
+                       help="rebuild unfinished runs too (only while no server runs "
+                            "them)")  # fmt: skip
         json_flag()
     elif name == "exec":
         p.usage = "faena exec [-h] RUN JOB -- COMMAND [ARG ...]\n       faena exec --resume RUN JOB"
