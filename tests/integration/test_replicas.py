@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,20 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from remote_harness import ADMIN, Proc, Server, make_agent, make_replica, role, wait_until
+from remote_harness import (
+    ADMIN,
+    FAENA_CMD,
+    Proc,
+    Server,
+    clean_env,
+    make_agent,
+    make_replica,
+    role,
+    wait_until,
+)
 
 from faena.orchestration.postgres_lease import LOCK_CLASS, LOCK_KEY, asyncpg_dsn
+from faena.store.sql import SqlStore
 from nats_server import NatsServer
 
 # Each job holds a directory named after it while it runs: a second copy of the same job
@@ -158,3 +170,27 @@ def test_a_leader_that_loses_its_lease_stops_and_says_so(
     assert leader.proc is not None
     assert leader.proc.wait(timeout=30) == 3, leader.output()
     assert "no longer leads" in leader.output()
+
+
+def test_faena_run_refuses_a_database_that_replicas_lead(tmp_path: Path, postgres_url: str) -> None:
+    """Their leader would take the run for its own at its next takeover."""
+
+    async def claim() -> None:
+        store = SqlStore(postgres_url)
+        await store.open()
+        try:
+            await store.claim_leadership("ci-1", "http://ci-1:8080")
+        finally:
+            await store.close()
+
+    (tmp_path / "faena.yml").write_text("jobs:\n  a:\n    steps: [{run: 'true'}]\n")
+    env = clean_env(FAENA_HOME=str(tmp_path / "home"), FAENA_DATABASE_URL=postgres_url)
+    first = subprocess.run([*FAENA_CMD, "run"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert first.returncode == 0, first.stderr  # a database of its own: fine
+    asyncio.run(claim())
+    second = subprocess.run([*FAENA_CMD, "run"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert second.returncode == 2
+    assert "belongs to faena server replicas (leader ci-1" in second.stderr
+    assert "faena submit" in second.stderr

@@ -77,13 +77,27 @@ async def _drive(
     from faena.domain.states import RunState
     from faena.store.port import AmbiguousRef
 
-    app = App(settings)
+    # One process: its events stay in it. A bus shared with servers would hand them this
+    # process's events and take theirs (durable consumers are shared by name).
+    app = App(replace(settings, bus_url=None))
     try:
-        await app.start()
+        await app.open()
+        leader = await app.store.leader()
+        if leader is None:
+            await app.lead()
     except Exception as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         await app.close()
         return EXIT_FAILED
+    if leader is not None:
+        # Their leader would take this process's unfinished runs for its own.
+        print(
+            f"error: this database belongs to faena server replicas (leader {leader.holder} "
+            f"at {leader.url}): run pipelines there with `faena submit`",
+            file=sys.stderr,
+        )
+        await app.close()
+        return EXIT_INVALID
     lock: RunLock | None = None
     interrupted = 0
     try:
