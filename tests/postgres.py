@@ -231,3 +231,22 @@ def start_server(*, fast: bool = True) -> PostgresServer:
         server.stop()
         raise
     return server
+
+
+async def end_leader_session(url: str) -> None:
+    """End the database session holding the leadership lock, as a network cut or the
+    leader's death would (orchestration/postgres_lease.py)."""
+    import asyncpg
+
+    from faena.orchestration.postgres_lease import LOCK_CLASS, LOCK_KEY, asyncpg_dsn
+
+    admin = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND classid = $1 AND objid = $2 AND granted",
+            LOCK_CLASS,
+            LOCK_KEY,
+        )
+    finally:
+        await admin.close()

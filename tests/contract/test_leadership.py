@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-import asyncpg
 import pytest
 
 from faena.orchestration.leadership import Leadership, SoleLeader
-from faena.orchestration.postgres_lease import PostgresLease, asyncpg_dsn
+from faena.orchestration.postgres_lease import PostgresLease
 from faena.store.port import Store
 from faena.store.sql import SqlStore
+from postgres import end_leader_session
 
 Factory = Callable[[str], Leadership]
 
@@ -109,16 +109,7 @@ async def test_a_leader_whose_session_is_killed_is_replaced(pg: tuple[str, Store
     await a.campaign()
     held = asyncio.create_task(a.hold())
     waiting = asyncio.create_task(b.campaign())
-    admin = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks "
-            "WHERE locktype = 'advisory' AND classid = $1 AND objid = $2 AND granted",
-            0x6661656E,
-            3,
-        )
-    finally:
-        await admin.close()
+    await end_leader_session(url)
     term_b = await asyncio.wait_for(waiting, 5)
     # The old leader notices: another took the lock and claimed a term; it is deposed.
     await asyncio.wait_for(held, 5)
@@ -135,16 +126,7 @@ async def test_a_leader_that_loses_its_connection_alone_keeps_its_term(
     a = lease(url, store, "a")
     term = await a.campaign()
     held = asyncio.create_task(a.hold())
-    admin = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks "
-            "WHERE locktype = 'advisory' AND classid = $1 AND objid = $2 AND granted",
-            0x6661656E,
-            3,
-        )
-    finally:
-        await admin.close()
+    await end_leader_session(url)
     await asyncio.sleep(1.0)
     assert not held.done(), "a leader nobody replaced must keep leading"
     leader = await store.leader()

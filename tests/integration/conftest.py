@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from embedded_harness import Harness
+from remote_harness import Proc
 
 from faena.app import App
 from faena.settings import Settings
@@ -23,3 +24,12 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         yield h
     finally:
         await app.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """Processes a test starts (remote_harness.start); stopped after it, last first."""
+    started: list[Proc] = []
+    yield started
+    for p in reversed(started):
+        p.stop()

@@ -99,6 +99,13 @@ class Proc:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def start(procs: list[Proc], p: Proc) -> Proc:
+    """Start ``p``, noted in ``procs`` (the fixture stops them all after the test)."""
+    procs.append(p)
+    p.start()
+    return p
+
+
 @dataclass
 class Server(Proc):
     url: str = ""

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,22 +20,9 @@ from remote_harness import (
     make_agent,
     make_server,
     pid_alive,
+    start,
     wait_until,
 )
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in reversed(started):
-        p.stop()
-
-
-def start(procs: list[Proc], p: Proc) -> Proc:
-    procs.append(p)
-    p.start()
-    return p
 
 
 def node_names(server: Server) -> dict[str, str]:

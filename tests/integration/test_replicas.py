@@ -8,12 +8,9 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
-import pytest
 from remote_harness import (
     ADMIN,
     FAENA_CMD,
@@ -23,12 +20,13 @@ from remote_harness import (
     make_agent,
     make_replica,
     role,
+    start,
     wait_until,
 )
 
-from faena.orchestration.postgres_lease import LOCK_CLASS, LOCK_KEY, asyncpg_dsn
 from faena.store.sql import SqlStore
 from nats_server import NatsServer
+from postgres import end_leader_session
 
 # Each job holds a directory named after it while it runs: a second copy of the same job
 # running at the same time cannot create it, and fails its run.
@@ -54,20 +52,6 @@ jobs:
           sleep 1.5
           rmdir "{dir}/$FAENA_JOB_ID"
 """
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in reversed(started):
-        p.stop()
-
-
-def start(procs: list[Proc], p: Proc) -> Proc:
-    procs.append(p)
-    p.start()
-    return p
 
 
 def replicas(
@@ -148,24 +132,12 @@ def test_a_leader_that_loses_its_lease_stops_and_says_so(
     follower takes the lease, and the old leader exits 3 instead of acting on stale state."""
     leader, follower = replicas(tmp_path, procs, postgres_url, nats_server)
 
-    async def cut() -> None:
-        admin = await asyncpg.connect(asyncpg_dsn(postgres_url))
-        try:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-                "AND classid = $1 AND objid = $2 AND granted",
-                LOCK_CLASS,
-                LOCK_KEY,
-            )
-        finally:
-            await admin.close()
-
     # The follower polls for the lock every 0.5 s; the leader checks its session every
     # second: cut until the follower wins the race (it almost always does at once).
     deadline = time.monotonic() + 30
     while role(follower) != "leader":
         assert time.monotonic() < deadline, "the follower never took the lease"
-        asyncio.run(cut())
+        asyncio.run(end_leader_session(postgres_url))
         time.sleep(0.7)
     assert leader.proc is not None
     assert leader.proc.wait(timeout=30) == 3, leader.output()
