@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 NODE_ID = "local"
 log = logging.getLogger(__name__)
+replica_log = logging.getLogger("faena.replica")  # role changes: shown by `faena server`
 
 
 def step_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -326,6 +327,11 @@ def build_server(
                 "--with-agent runs jobs inside the server process, which replicas sharing "
                 "PostgreSQL cannot hand over: run `faena agent` on the worker hosts instead"
             )
+        if not admin_token:
+            raise SettingsError(
+                "replicas share one admin token: give every replica the same --admin-token "
+                "or FAENA_ADMIN_TOKEN"
+            )
         if not own_url:
             raise SettingsError(
                 "replicas on PostgreSQL forward to the leader at its advertised URL: "
@@ -357,7 +363,7 @@ def build_server(
             return
         leading = False
         system.deposed = why
-        log.error("this replica no longer leads: %s", why)
+        replica_log.error("replica %s no longer leads: %s", replica, why)
         if on_deposed is not None:
             on_deposed(why)
 
@@ -368,7 +374,8 @@ def build_server(
         await system.lead()
         await system.recover()
         leading = True
-        log.info("replica %s leads orchestration (term %d)", replica, system.term)
+        if system.leadership.fenced:
+            replica_log.info("replica %s leads orchestration (term %d)", replica, system.term)
 
     async def lead_while_elected() -> None:
         try:
@@ -405,11 +412,15 @@ def build_server(
         else:
             await lead()
 
-    def role() -> dict[str, Any]:
+    async def role() -> dict[str, Any]:
+        if leading:
+            return {"role": "leader", "replica": replica, "term": system.term}
+        record = await system.store.leader() if system.leadership.fenced else None
         return {
-            "role": "leader" if leading else "follower",
+            "role": "follower",
             "replica": replica,
-            "term": system.term if leading else None,
+            "leader": record.url if record is not None else None,
+            "term": record.term if record is not None else None,
         }
 
     async def leader_url() -> str | None:

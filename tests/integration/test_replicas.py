@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from remote_harness import (
     ADMIN,
     FAENA_CMD,
@@ -70,6 +71,9 @@ def test_every_replica_serves_and_one_leads(
 ) -> None:
     leader, follower = replicas(tmp_path, procs, postgres_url, nats_server)
     assert role(follower) == "follower"
+    ready = httpx.get(f"{follower.url}/readyz", timeout=5).json()
+    assert ready["leader"] == leader.url and ready["term"] >= 1 and ready["replica"] == "r2"
+    assert "replica r2" in follower.output() and "r1 leads orchestration" in leader.output()
     start(procs, make_agent(tmp_path, follower, "solo", also=(leader,)))
     wait_until(lambda: [n["name"] for n in follower.nodes()] == ["solo"], what="agent")
     # Submitted through the follower (forwarded), read back through both.
@@ -91,6 +95,12 @@ def test_every_replica_serves_and_one_leads(
             if "ci.run.v1.completed" in subjects:
                 break
     assert subjects[0] == "ci.run.v1.requested" and subjects[-1] == "ci.run.v1.completed"
+    # A forwarded answer carries the follower's own Date and Server headers, once.
+    forwarded = httpx.get(f"{follower.url}/api/v1/nodes", timeout=10,
+                          headers={"Authorization": f"Bearer {ADMIN}"})  # fmt: skip
+    assert forwarded.status_code == 200
+    assert len(forwarded.headers.get_list("date")) == 1
+    assert len(forwarded.headers.get_list("server")) == 1
     # Authentication still applies to forwarded requests.
     r = httpx.post(f"{follower.url}/api/v1/pipelines/{run_id}/cancel", timeout=10)
     assert r.status_code == 401 and r.json()["code"] == "SEC-TOK"
@@ -166,3 +176,20 @@ def test_faena_run_refuses_a_database_that_replicas_lead(tmp_path: Path, postgre
     assert second.returncode == 2
     assert "belongs to faena server replicas (leader ci-1" in second.stderr
     assert "faena submit" in second.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ([], "replicas share one admin token"),
+        (["--admin-token", "t", "--with-agent"], "--with-agent runs jobs inside the server"),
+    ],
+)
+def test_a_replica_refuses_settings_it_cannot_share(
+    tmp_path: Path, postgres_url: str, extra: list[str], said: str
+) -> None:
+    env = clean_env(FAENA_HOME=str(tmp_path / "home"), FAENA_DATABASE_URL=postgres_url)
+    done = subprocess.run([*FAENA_CMD, "server", "--port", "1", *extra], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and "Traceback" not in done.stderr

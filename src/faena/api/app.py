@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Annotated, Any
@@ -89,7 +89,7 @@ def create_api(
     wakeup: Wakeup | None = None,
     bus: EventBus | None = None,
     why_waiting: Callable[[str], str | None] = lambda job_id: None,
-    role: Callable[[], dict[str, Any]] = dict,
+    role: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> FastAPI:
     """The ASGI app; ``lifespan``/``shutdown`` start and stop the system around it.
     ``routers`` add the routes of other contexts: each is called with ``require=``, the
@@ -143,7 +143,7 @@ def create_api(
                 await bus.ping()
             except Exception as exc:
                 return problems.problem(503, ErrorCode.ORC_INFRA, f"bus unavailable: {exc}")
-        return JSONResponse({"status": "ready", **role()})
+        return JSONResponse({"status": "ready", **(await role() if role is not None else {})})
 
     @api.post(
         "/api/v1/pipelines",

@@ -43,6 +43,8 @@ _HOP = {
     "upgrade",
     "host",
 }
+# Set again by this replica's own server on the way out.
+_SET_HERE = {"date", "server"}
 _LEADER_TTL = 1.0  # seconds a looked-up leader URL is trusted
 
 
@@ -143,7 +145,7 @@ class LeaderForwarding:
                     "headers": [
                         (k.encode("latin-1"), v.encode("latin-1"))
                         for k, v in response.headers.multi_items()
-                        if k.lower() not in _HOP
+                        if k.lower() not in _HOP and k.lower() not in _SET_HERE
                     ],
                 }
             )

@@ -11,6 +11,8 @@ import signal
 import socket
 import sys
 
+import httpx
+
 from faena.settings import Settings, SettingsError
 
 _ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
@@ -40,6 +42,26 @@ def default_labels(provider: str) -> list[str]:
     return [platform.system().lower(), _ARCH.get(machine, machine), provider]
 
 
+def server_url(text: str) -> str:
+    """One ``--server`` URL, checked now: a typo in a replica's URL must not wait for the
+    failover it is there for."""
+    hint = "expected a URL like http://ci.example:8080 (several replicas: comma-separated)"
+    if not text:
+        raise SettingsError(f"--server: an empty URL in the list; {hint}")
+    if not re.fullmatch(r"https?://[^\s/,]+(/[^\s,]*)?", text):
+        raise SettingsError(f"--server {text!r}: {hint}")
+    try:
+        parsed = httpx.URL(text)
+        port = parsed.port  # raises for a port out of range
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise SettingsError(f"--server {text!r}: {exc}; {hint}") from None
+    if not parsed.host:
+        raise SettingsError(f"--server {text!r}: no host; {hint}")
+    if port is not None and not 1 <= port <= 65535:
+        raise SettingsError(f"--server {text!r}: port {port} is not 1-65535")
+    return text
+
+
 def agent_command(
     *,
     server: str | None,
@@ -59,13 +81,7 @@ def agent_command(
         raise SettingsError("no server: give --server URL or set FAENA_SERVER")
     if not secret:
         raise SettingsError("no token: give --token T or set FAENA_TOKEN (an agent token)")
-    servers = [u.strip() for u in url.split(",") if u.strip()]
-    for one in servers or [url]:
-        if not re.fullmatch(r"https?://[^\s/,]+(/[^\s,]*)?", one):
-            raise SettingsError(
-                f"--server {one!r}: expected a URL like http://ci.example:8080 "
-                "(or several replicas' URLs, comma-separated)"
-            )
+    servers = [server_url(u.strip()) for u in url.split(",")]
     cap = parse_capacity(capacity)
     given = [x.strip() for x in (labels or "").split(",") if x.strip()]
     for label in given:

@@ -36,6 +36,14 @@ def replay_command(since: str | None, *, json_out: bool, in_flight: bool = False
         store = open_store(settings)
         await store.open()
         try:
+            leader = await store.leader() if in_flight else None
+            if leader is not None:
+                print(
+                    f"warning: faena server replicas use this database (last leader "
+                    f"{leader.holder} at {leader.url}); --in-flight races their orchestrator "
+                    "unless every replica is stopped",
+                    file=sys.stderr,
+                )
             report = await replay(
                 store, since_seq=since_seq, since_time=since_time, in_flight=in_flight
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import sys
@@ -81,7 +82,16 @@ def server_command(
             super().handle_exit(sig, frame)
 
     server = Server(config)
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.getLogger("faena.replica").setLevel(logging.INFO)
     print(f"faena server listening on http://{host}:{port} (API under /api/v1)", file=sys.stderr)
+    if system.leadership.fenced:
+        print(
+            f"replica {settings.replica} (reached at {settings.advertise_url}): serves now, "
+            "leads orchestration when it wins the lease",
+            file=sys.stderr,
+        )
     if with_agent:
         print(f"this machine runs jobs too ({settings.jobs} at once)", file=sys.stderr)
     else:
