@@ -11,6 +11,7 @@ import httpx
 from api_server import served
 
 from faena.app import App, build_server
+from faena.bus.nats import JetStreamBus, encode
 from faena.domain.states import RunState
 from faena.settings import Settings
 from faena.spec import parse_pipeline
@@ -141,3 +142,56 @@ async def test_readyz_follows_the_database(
         async with asyncio.timeout(30):
             while (await client.get("/readyz")).status_code != 200:
                 await asyncio.sleep(0.1)
+
+
+async def test_every_event_delivered_again_changes_nothing(
+    tmp_path: Path, postgres_url: str, nats_server: NatsServer
+) -> None:
+    """A run's whole history arrives a second time, past NATS's de-duplication (as after
+    its window, or a consumer's lost acks): no job runs again, nothing is logged twice."""
+    ran = tmp_path / "ran"
+    spec = parse_pipeline(
+        f"name: twice\njobs:\n  a:\n    steps: [{{run: 'echo a >> {ran}'}}]\n"
+        f"  b:\n    needs: a\n    steps: [{{run: 'echo b >> {ran}'}}]\n",
+        filename="faena.yml",
+    )
+    first = App(settings(tmp_path, postgres_url, nats_server))
+    await first.start()
+    try:
+        run_id = await first.orchestrator.submit(spec)
+        async with asyncio.timeout(60):
+            assert (await first.orchestrator.wait(run_id)).state is RunState.SUCCEEDED
+    finally:
+        await first.close()
+    # A new process (a restarted or new leader): its consumers' in-memory inboxes are
+    # empty, so only the state they check can keep the old events from acting again.
+    app = App(settings(tmp_path, postgres_url, nats_server))
+    await app.start()
+    try:
+        before = [s.event.event_id for s in await app.store.run_events(run_id)]
+        before_events = [s.event.subject for s in await app.store.run_events(run_id)]
+        bus = app.bus
+        assert isinstance(bus, JetStreamBus)
+        seen = (await bus.js.consumer_info(bus.stream, "scheduler")).delivered.consumer_seq
+        for stored in await app.store.run_events(run_id):
+            e = stored.event
+            await bus.js.publish(
+                e.subject, encode(e), headers={"Nats-Msg-Id": f"again-{e.event_id}"}
+            )
+        # Every consumer of this process has handled (acknowledged) all of them.
+        async with asyncio.timeout(30):
+            for durable in ("scheduler", "dispatch", "agent"):
+                while True:
+                    info = await bus.js.consumer_info(bus.stream, durable)
+                    if info.num_pending == 0 and info.num_ack_pending == 0:
+                        break
+                    await asyncio.sleep(0.05)
+        info = await bus.js.consumer_info(bus.stream, "scheduler")
+        job_events = sum(1 for e in before_events if e.startswith("ci.job."))
+        assert info.delivered.consumer_seq - seen >= job_events  # they did arrive
+        assert ran.read_text().split() == ["a", "b"]
+        assert [s.event.event_id for s in await app.store.run_events(run_id)] == before
+        stored_run = await app.store.get_run(run_id)
+        assert stored_run is not None and stored_run["state"] == "SUCCEEDED"
+    finally:
+        await app.close()
