@@ -106,8 +106,9 @@ def test_every_replica_serves_and_one_leads(
     assert r.status_code == 401 and r.json()["code"] == "SEC-TOK"
 
 
-def test_the_leader_killed_mid_run_is_replaced_and_every_run_completes(
-    tmp_path: Path, procs: list[Proc], postgres_url: str, nats_server: NatsServer
+@pytest.mark.parametrize("how", ["kill -9", "SIGTERM"])
+def test_the_leader_stopped_mid_run_is_replaced_and_every_run_completes(
+    tmp_path: Path, procs: list[Proc], postgres_url: str, nats_server: NatsServer, how: str
 ) -> None:
     leader, follower = replicas(tmp_path, procs, postgres_url, nats_server)
     for name in ("north", "south"):
@@ -119,9 +120,14 @@ def test_the_leader_killed_mid_run_is_replaced_and_every_run_completes(
         what="the last run to start",
     )
     assert leader.proc is not None
-    os.killpg(os.getpgid(leader.proc.pid), signal.SIGKILL)
     killed = time.monotonic()
-    leader.proc.wait(timeout=10)
+    if how == "kill -9":
+        os.killpg(os.getpgid(leader.proc.pid), signal.SIGKILL)
+        leader.proc.wait(timeout=10)
+    else:
+        # A rolling upgrade: the leader stops cleanly and hands over at once.
+        leader.stop()
+        assert leader.proc.returncode in (0, -signal.SIGTERM), leader.output()
     wait_until(lambda: role(follower) == "leader", timeout=30, what="the follower to lead")
     takeover = time.monotonic() - killed
     print(f"takeover: {takeover:.2f}s")
