@@ -226,10 +226,13 @@ class NodeRegistry:
     async def _lose(self, node: Node, message: str) -> None:
         node.state = "lost"
         self._scheduler.remove_node(node.node_id)
-        log.warning("%s; failing over its jobs", message)
         for hook in self._lost_hooks:
             hook(node.node_id)
         moved = await self._on_lost.node_lost(node.node_id, message)
+        if moved:
+            log.warning("%s; its %d job(s) failed over: %s", message, len(moved), ", ".join(moved))
+        else:
+            log.warning("%s; it had no job", message)
         await self._publish(
             "ci.node.v1.lost", {"node_id": node.node_id, "jobs": moved, "reason": message},
             node.node_id,
