@@ -405,7 +405,9 @@ def build_server(
         nonlocal leading_task
         await system.open()
         # Per replica: every replica's event streams are woken by every event.
-        await system.bus.subscribe("ci.>", notify, durable=f"event-streams-{replica}")
+        await system.bus.subscribe(
+            "ci.>", notify, durable=f"event-streams-{replica}", ordered=False
+        )
         if system.leadership.fenced:
             # Followers serve at once; the lease may take a while (another replica leads).
             leading_task = asyncio.create_task(lead_while_elected(), name="leadership")

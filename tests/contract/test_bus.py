@@ -238,3 +238,21 @@ async def test_a_new_subscription_starts_at_the_present(bus: EventBus) -> None:
     await wait_for(lambda: len(got) == 1)
     await asyncio.sleep(0.05)
     assert got == ["after"]
+
+
+async def test_an_unordered_subscription_gets_every_event_once(bus: EventBus) -> None:
+    got: list[str] = []
+    failed: set[str] = set()
+
+    async def handler(e: Event) -> None:
+        job = e.payload["job_id"]
+        if job == "j7" and job not in failed:  # one retry among them
+            failed.add(job)
+            raise RuntimeError("once")
+        got.append(job)
+
+    await bus.subscribe("ci.job.v1.*", handler, durable="counter", ordered=False)
+    await bus.publish([job_event(f"j{i}") for i in range(200)])
+    await wait_for(lambda: len(got) == 200)
+    await asyncio.sleep(0.2)  # nothing more arrives
+    assert sorted(got) == sorted(f"j{i}" for i in range(200))

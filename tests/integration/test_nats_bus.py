@@ -274,3 +274,18 @@ def test_the_default_retention_is_the_seeds() -> None:
     assert b.kept_for("ci.security.v1.denied") == 180 * day == b.max_age
     assert b.headers("ci.step.v1.started", "k") == {"Nats-Msg-Id": "k", "Nats-TTL": "2592000s"}
     assert b.headers("ci.security.v1.denied", "k") == {"Nats-Msg-Id": "k"}
+
+
+async def test_an_unordered_durable_is_served_in_batches_and_can_be_changed(
+    bus: JetStreamBus,
+) -> None:
+    got = Collector()
+    sub = await bus.subscribe("ci.job.>", got, durable="wakeups")
+    assert (await bus.js.consumer_info(bus.stream, "wakeups")).config.max_ack_pending == 1
+    await sub.unsubscribe()
+    # The same durable, now unordered (an older faena made it ordered): updated in place.
+    await bus.subscribe("ci.job.>", got, durable="wakeups", ordered=False)
+    info = await bus.js.consumer_info(bus.stream, "wakeups")
+    assert info.config.max_ack_pending == 64
+    await bus.publish([job_event(f"j{i}") for i in range(100)])
+    await wait_for(lambda: len(got.events) == 100)

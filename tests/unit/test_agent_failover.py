@@ -46,3 +46,34 @@ async def test_when_every_replica_is_down_the_error_reaches_the_caller() -> None
     async with httpx.AsyncClient(base_url="http://a:1", transport=transport) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get("/x")
+
+
+class Follower(httpx.AsyncBaseTransport):
+    """Host ``b`` forwards and names ``leader``; every host answers."""
+
+    def __init__(self, leader: str) -> None:
+        self.leader = leader
+        self.seen: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request.url.host)
+        headers = {"X-Faena-Leader": self.leader} if request.url.host == "b" else {}
+        return httpx.Response(200, json={}, headers=headers)
+
+
+async def test_a_follower_naming_a_known_leader_sends_the_next_requests_there() -> None:
+    inner = Follower("http://a:1")
+    transport = FailoverTransport(["http://b:2", "http://a:1"], inner)
+    async with httpx.AsyncClient(base_url="http://b:2", transport=transport) as client:
+        for _ in range(3):
+            await client.get("/api/v1/agent/work")
+    assert inner.seen == ["b", "a", "a"]
+
+
+async def test_a_leader_the_agent_was_not_given_is_not_followed() -> None:
+    inner = Follower("http://elsewhere:9")
+    transport = FailoverTransport(["http://b:2", "http://a:1"], inner)
+    async with httpx.AsyncClient(base_url="http://b:2", transport=transport) as client:
+        for _ in range(2):
+            await client.get("/x")
+    assert inner.seen == ["b", "b"]

@@ -24,6 +24,8 @@ from faena.api import problems
 log = logging.getLogger(__name__)
 
 FORWARDED_BY = "x-faena-forwarded-by"
+# On a forwarded answer: where the leader is, for clients that can go there directly.
+LEADER_HEADER = "x-faena-leader"
 RETRY_AFTER = "1"
 # Served by every replica from the store or its own process.
 _LOCAL = re.compile(
@@ -143,9 +145,12 @@ class LeaderForwarding:
                     "type": "http.response.start",
                     "status": response.status_code,
                     "headers": [
-                        (k.encode("latin-1"), v.encode("latin-1"))
-                        for k, v in response.headers.multi_items()
-                        if k.lower() not in _HOP and k.lower() not in _SET_HERE
+                        *(
+                            (k.encode("latin-1"), v.encode("latin-1"))
+                            for k, v in response.headers.multi_items()
+                            if k.lower() not in _HOP and k.lower() not in _SET_HERE
+                        ),
+                        (LEADER_HEADER.encode(), leader.encode("latin-1")),
                     ],
                 }
             )

@@ -106,6 +106,7 @@ class MemoryBus:
         durable: str,
         max_deliver: int = 5,
         retry_delay: float = 0.05,
+        ordered: bool = True,  # delivered in order regardless: it costs nothing here
     ) -> _MemorySubscription:
         sub = _MemorySubscription(self, pattern, handler, durable, max_deliver, retry_delay)
         self._subs.append(sub)

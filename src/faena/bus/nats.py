@@ -23,7 +23,9 @@ stopped). A background task fetches and calls the handler; success acks, a raise
 ``retry_delay``. By default ``max_ack_pending=1``: the server hands out the next event only
 after the previous one is acked, which keeps publish order per subscription even across
 retries (the port's promise, and what MemoryBus does); a larger value trades that for
-throughput. Subscribing twice with the same ``durable`` (several replicas) shares one
+throughput. A subscription made with ``ordered=False`` gets ``UNORDERED_ACK_PENDING`` and is
+fetched in batches of as many: a round trip per batch instead of per event. Subscribing
+twice with the same ``durable`` (several replicas) shares one
 consumer: the work is split between them.
 
 Dead letters. The server-side ``max_deliver`` is left unlimited and the adapter dead-letters
@@ -121,6 +123,9 @@ def _header_value(text: str, limit: int = 512) -> str:
     return " ".join(text.split())[:limit]
 
 
+UNORDERED_ACK_PENDING = 64
+
+
 class _JetStreamSubscription:
     def __init__(
         self,
@@ -130,8 +135,10 @@ class _JetStreamSubscription:
         name: str,
         max_deliver: int,
         retry_delay: float,
+        max_ack_pending: int,
     ) -> None:
         self.bus = bus
+        self.max_ack_pending = max_ack_pending
         self.pattern = pattern
         self.handler = handler
         self.name = name
@@ -157,7 +164,7 @@ class _JetStreamSubscription:
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.bus.ack_wait,
             max_deliver=-1,  # dead-lettered by the adapter, see the module doc
-            max_ack_pending=self.bus.max_ack_pending,
+            max_ack_pending=self.max_ack_pending,
         )
         await self.bus.js.add_consumer(self.bus.stream, config=config)
 
@@ -165,7 +172,7 @@ class _JetStreamSubscription:
         assert self._psub is not None
         # Never more than the server hands out unacked: a larger fetch would wait for
         # messages that cannot come until this batch is acked.
-        batch = self.bus.max_ack_pending
+        batch = self.max_ack_pending
         while True:
             try:
                 msgs = await self._psub.fetch(batch, timeout=self.bus.fetch_timeout)
@@ -509,9 +516,12 @@ class JetStreamBus:
         durable: str,
         max_deliver: int = 5,
         retry_delay: float = 0.05,
+        ordered: bool = True,
     ) -> _JetStreamSubscription:
+        pending = self.max_ack_pending if ordered else max(self.max_ack_pending,
+                                                           UNORDERED_ACK_PENDING)  # fmt: skip
         sub = _JetStreamSubscription(
-            self, pattern, handler, consumer_name(durable), max_deliver, retry_delay
+            self, pattern, handler, consumer_name(durable), max_deliver, retry_delay, pending
         )
         await sub.start()
         self._subs.append(sub)

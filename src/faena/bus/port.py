@@ -2,7 +2,9 @@
 
 A handler that returns acknowledges the event; one that raises gets it again after a
 delay, up to ``max_deliver`` times, after which the event goes to ``ci.dlq.<subject>``.
-Delivery order is publish order per subscription. Consumers must be idempotent (an inbox of
+Delivery order is publish order per subscription, unless it subscribed with
+``ordered=False`` (a consumer indifferent to order, such as a counter or a wake-up, which an
+adapter may then serve in batches). Consumers must be idempotent (an inbox of
 idempotency keys), since an event may arrive more than once.
 """
 
@@ -44,6 +46,7 @@ class EventBus(Protocol):
         durable: str,
         max_deliver: int = 5,
         retry_delay: float = 0.05,
+        ordered: bool = True,
     ) -> Subscription:
         """Deliver events whose subject matches ``pattern`` (NATS wildcards ``*``, ``>``)."""
         ...

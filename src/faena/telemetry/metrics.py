@@ -281,7 +281,10 @@ class MetricsRecorder:
         """Subscribe; start before the outbox relay so no event is missed."""
         if self._bus is None:
             raise RuntimeError("MetricsRecorder was built without a bus")
-        self._sub = await self._bus.subscribe("ci.>", self.handle, durable=self._durable)
+        # Counters and gauges do not care in which order a batch of events arrives.
+        self._sub = await self._bus.subscribe(
+            "ci.>", self.handle, durable=self._durable, ordered=False
+        )
 
     async def close(self) -> None:
         if self._sub is not None:
