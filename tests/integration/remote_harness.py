@@ -95,6 +95,17 @@ class Proc:
             os.killpg(with_group, signal.SIGKILL)
             self.proc.wait(timeout=10)
 
+    def halt(self, how: str) -> None:
+        """``kill -9`` (the process and its group, like a machine losing it) or ``SIGTERM``
+        (a clean stop: uvicorn then re-raises the signal, the usual exit for SIGTERM)."""
+        assert self.proc is not None
+        if how == "kill -9":
+            os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        else:
+            self.stop()
+            assert self.proc.returncode in (0, -signal.SIGTERM), self.output()
+
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -168,13 +166,7 @@ def test_the_server_restarts_mid_run_and_the_run_completes(
     run_id = server.submit(RESTART_PIPELINE.format(gate=gate))
     wait_until(lambda: server.run(run_id)["jobs"][0]["state"] == "RUNNING", what="first runs")
     assert server.proc is not None
-    if how == "kill -9":
-        os.killpg(os.getpgid(server.proc.pid), signal.SIGKILL)
-        server.proc.wait(timeout=10)
-    else:
-        server.stop()
-        # A clean stop; uvicorn then re-raises the signal, the usual exit for SIGTERM.
-        assert server.proc.returncode in (0, -signal.SIGTERM), server.output()
+    server.halt(how)
     gate.touch()  # the job goes on while no server listens: its reports wait
     time.sleep(1.0)
     server.start()
