@@ -25,7 +25,15 @@ from remote_harness import (
 
 from faena.store.sql import SqlStore
 from nats_server import NatsServer
-from postgres import end_leader_session
+from postgres import PostgresServer, end_leader_session
+
+GATED = """
+name: gated
+jobs:
+  wait:
+    steps:
+      - run: while [ ! -e "{gate}" ]; do sleep 0.05; done; echo through
+"""
 
 # Each job holds a directory named after it while it runs: a second copy of the same job
 # running at the same time cannot create it, and fails its run.
@@ -191,3 +199,34 @@ def test_a_replica_refuses_settings_it_cannot_share(
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert said in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_database_restart_under_two_replicas_leaves_one_leader_and_the_run_completes(
+    tmp_path: Path,
+    procs: list[Proc],
+    postgres_url: str,
+    postgres_server: PostgresServer,
+    nats_server: NatsServer,
+) -> None:
+    """Both replicas lose their sessions; whichever takes the lock first leads. If that is
+    the follower, the old leader finds itself deposed and exits 3; either way one leads."""
+    first, second = replicas(tmp_path, procs, postgres_url, nats_server)
+    start(procs, make_agent(tmp_path, second, "solo", also=(first,)))
+    wait_until(lambda: len(first.nodes()) == 1, what="the agent")
+    gate = tmp_path / "gate"
+    run_id = first.submit(GATED.format(gate=gate))
+    wait_until(lambda: first.run(run_id)["jobs"][0]["state"] == "RUNNING", what="the job")
+    postgres_server.restart(1.0)
+    gate.touch()
+
+    def leaders() -> list[Server]:
+        return [s for s in (first, second) if role(s) == "leader"]
+
+    wait_until(lambda: len(leaders()) == 1, timeout=60, what="one leader again")
+    [leader] = leaders()
+    row = leader.wait_run(run_id, timeout=60)
+    assert row["state"] == "SUCCEEDED", (row, first.output(), second.output())
+    for s in (first, second):
+        assert s.proc is not None
+        if s is not leader and s.proc.poll() is not None:
+            assert s.proc.returncode == 3, s.output()  # deposed, and said so
