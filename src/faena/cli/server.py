@@ -46,8 +46,7 @@ def server_command(
     deposed: list[str] = []
 
     def on_deposed(why: str) -> None:
-        # Its in-memory view may be stale: stop, and let the supervisor start it again
-        # as a follower (exit code 3).
+        # Its in-memory view may be stale: stop, and start again as a follower.
         deposed.append(why)
         server.should_exit = True
 
@@ -102,10 +101,17 @@ def server_command(
         return 130
     if deposed:
         print(
-            f"faena server stopped: this replica no longer leads ({deposed[0]}); "
-            "start it again to rejoin as a follower",
+            f"faena server: this replica no longer leads ({deposed[0]}); "
+            "starting again as a follower",
             file=sys.stderr,
+            flush=True,
         )
+        # A fresh process: nothing of the deposed leader's memory survives. The same
+        # process id, so a supervisor sees no exit.
+        try:
+            os.execv(sys.executable, [sys.executable, "-m", "faena", *sys.argv[1:]])
+        except OSError as exc:
+            print(f"error: could not start again ({exc}); start it by hand", file=sys.stderr)
         return DEPOSED_EXIT
     print("faena server stopped", file=sys.stderr)
     return 0
