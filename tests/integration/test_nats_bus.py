@@ -289,3 +289,23 @@ async def test_an_unordered_durable_is_served_in_batches_and_can_be_changed(
     assert info.config.max_ack_pending == 64
     await bus.publish([job_event(f"j{i}") for i in range(100)])
     await wait_for(lambda: len(got.events) == 100)
+
+
+async def test_a_consumer_nobody_binds_goes_after_the_inactive_threshold(
+    nats_server: NatsServer,
+) -> None:
+    b = make_bus(nats_server, stream="FAENA_IDLE", inactive_threshold=1.0)
+    await b.start()
+    try:
+        got = Collector()
+        kept = await b.subscribe("ci.job.>", got, durable="kept")
+        gone = await b.subscribe("ci.job.>", got, durable="gone")
+        await gone.unsubscribe()  # its replica went away for good
+        await asyncio.sleep(3.0)
+        names = [c.name for c in await b.js.consumers_info(b.stream)]
+        assert names == ["kept"]
+        await b.publish([job_event("still")])
+        await wait_for(lambda: got.jobs == ["still"])
+        await kept.unsubscribe()
+    finally:
+        await b.close()

@@ -165,6 +165,9 @@ class _JetStreamSubscription:
             ack_wait=self.bus.ack_wait,
             max_deliver=-1,  # dead-lettered by the adapter, see the module doc
             max_ack_pending=self.max_ack_pending,
+            # A consumer nobody has bound for this long goes (a replica gone for good);
+            # one that comes back is made again, starting at the present.
+            inactive_threshold=self.bus.inactive_threshold,
         )
         await self.bus.js.add_consumer(self.bus.stream, config=config)
 
@@ -331,6 +334,7 @@ class JetStreamBus:
         # ends: short, with "still working" signals from long handlers (bench/nats_recovery.py).
         ack_wait: float = 5.0,
         max_ack_pending: int = 1,
+        inactive_threshold: float = 7 * DAY,
         fetch_timeout: float = 5.0,
         publish_timeout: float = 10.0,
         request_timeout: float = 2.0,
@@ -348,6 +352,7 @@ class JetStreamBus:
         self.replicas = replicas
         self.ack_wait = ack_wait
         self.max_ack_pending = max_ack_pending
+        self.inactive_threshold = inactive_threshold
         self.fetch_timeout = fetch_timeout
         self.publish_timeout = publish_timeout
         self.request_timeout = request_timeout
