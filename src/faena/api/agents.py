@@ -6,7 +6,7 @@ registered it.
 No ``from __future__ import annotations``: FastAPI reads these annotations at runtime.
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -208,7 +208,7 @@ def agent_router(
     gateway: AgentGateway,
     registry: NodeRegistry,
     dispatcher: Dispatcher,
-    require: Callable[[str], Callable[..., Principal]],
+    require: Callable[[str], Callable[..., Awaitable[Principal]]],
 ) -> APIRouter:
     """Routes of the agent protocol; ``require(scope)`` authenticates and authorizes."""
     router = APIRouter(prefix="/api/v1/agent", tags=["agent protocol"])

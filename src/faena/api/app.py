@@ -116,8 +116,9 @@ def create_api(
             token = authorization[7:].strip()
         return await authenticator.authenticate(token)
 
-    def scope(name: str) -> Callable[[Principal], Principal]:
-        def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
+    def scope(name: str) -> Callable[[Principal], Awaitable[Principal]]:
+        # async: FastAPI runs a plain ``def`` dependency on a worker thread, a hop per request.
+        async def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
             authorizer.authorize(p, name)
             return p
 

@@ -5,7 +5,7 @@ No ``from __future__ import annotations``: FastAPI reads these annotations at ru
 """
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -40,7 +40,7 @@ def debug_router(
     *,
     broker: DebugBroker,
     store: Store,
-    require: Callable[[str], Callable[..., Principal]],
+    require: Callable[[str], Callable[..., Awaitable[Principal]]],
 ) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["debugging"])
 

@@ -8,7 +8,7 @@ No ``from __future__ import annotations``: FastAPI reads these annotations at ru
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -40,7 +40,7 @@ def schedule_router(
     *,
     scheduler: FifoScheduler,
     store: Store,
-    require: Callable[[str], Callable[..., Principal]],
+    require: Callable[[str], Callable[..., Awaitable[Principal]]],
     queue_wait: float = QUEUE_WAIT,
 ) -> APIRouter:
     """The scheduling route; ``require(scope)`` authenticates and authorizes."""

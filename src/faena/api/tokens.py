@@ -4,7 +4,7 @@ No ``from __future__ import annotations``: FastAPI reads these annotations at ru
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -61,7 +61,7 @@ def tokens_router(
     *,
     store: Store,
     authenticator: StoredTokenAuthenticator,
-    require: Callable[[str], Callable[..., Principal]],
+    require: Callable[[str], Callable[..., Awaitable[Principal]]],
 ) -> APIRouter:
     router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 

@@ -6,7 +6,7 @@ jobs itself: creating a worker there is a 409 ORC-STATE.
 No ``from __future__ import annotations``: FastAPI reads these annotations at runtime.
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
@@ -40,7 +40,7 @@ def workers_router(
     *,
     pool: WorkerPool | None,
     store: Store,
-    require: Callable[[str], Callable[..., Principal]],
+    require: Callable[[str], Callable[..., Awaitable[Principal]]],
     node_id: str = "local",
 ) -> APIRouter:
     """Routes of the warm pool of ``node_id`` (``pool`` None: this server has no node)."""
