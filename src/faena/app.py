@@ -373,6 +373,8 @@ def build_server(
         nonlocal leading
         await system.lead()
         await system.recover()
+        if system.deposed:
+            return  # a commit of the recovery was refused: another replica leads already
         leading = True
         if system.leadership.fenced:
             replica_log.info("replica %s leads orchestration (term %d)", replica, system.term)

@@ -133,3 +133,11 @@ async def test_a_leader_that_loses_its_connection_alone_keeps_its_term(
     assert leader is not None and (leader.holder, leader.term) == ("a", term)
     await a.close()
     await asyncio.wait_for(held, 5)
+
+
+async def test_the_store_url_s_own_options_do_not_stop_the_lease(pg: tuple[str, Store]) -> None:
+    """SQLAlchemy options in the URL (not server settings) reach the store, not the lock."""
+    url, store = pg
+    lease_ = lease(url + "?prepared_statement_cache_size=0", store, "a")
+    assert await asyncio.wait_for(lease_.campaign(), 10) >= 1
+    await lease_.close()

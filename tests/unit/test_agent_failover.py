@@ -9,14 +9,18 @@ from faena.agent.failover import FailoverTransport
 
 
 class Replicas(httpx.AsyncBaseTransport):
-    """Answers for the hosts that are up; refuses connections for the others."""
+    """Answers for the hosts that are up; refuses connections for the others, and lets
+    those in ``dark`` time out (a host that is off)."""
 
-    def __init__(self, up: set[str]) -> None:
+    def __init__(self, up: set[str], dark: frozenset[str] = frozenset()) -> None:
         self.up = up
+        self.dark = dark
         self.seen: list[tuple[str, str]] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.seen.append((request.url.host, request.headers["Host"]))
+        if request.url.host in self.dark:
+            raise httpx.ConnectTimeout("timed out", request=request)
         if request.url.host not in self.up:
             raise httpx.ConnectError("refused", request=request)
         return httpx.Response(200, json={"host": request.url.host, "path": request.url.path})
@@ -39,6 +43,15 @@ async def test_an_unreachable_replica_is_left_for_the_next_and_stays_left() -> N
         assert (await client.get("/api/v1/agent/work")).json()["host"] == "b"
     assert inner.seen == [("a", "a:1"), ("b", "b:2"), ("b", "b:2")]
     assert transport.current == "http://b:2"
+
+
+async def test_a_replica_whose_host_is_off_is_left_too() -> None:
+    inner = Replicas({"b"}, dark=frozenset({"a"}))
+    transport = FailoverTransport(["http://a:1", "http://b:2"], inner)
+    async with httpx.AsyncClient(base_url="http://a:1", transport=transport) as client:
+        for _ in range(3):
+            assert (await client.get("/x")).json()["host"] == "b"
+    assert [host for host, _ in inner.seen] == ["a", "b", "b", "b"]
 
 
 async def test_when_every_replica_is_down_the_error_reaches_the_caller() -> None:

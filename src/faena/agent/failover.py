@@ -3,7 +3,8 @@
 An agent is given every replica's URL (``--server A,B``); any replica serves it, since
 followers forward to the leader. When the one in use refuses connections (it died), the
 same request goes to the next one at once; the caller's back-off only starts once every
-replica has failed. Only connection failures move on: nothing of the request was sent.
+replica has failed. Only failures to connect move on (refused, or timed out: a host that
+is off): nothing of the request was sent.
 
 A follower that forwarded a request names the leader (``X-Faena-Leader``); when the leader
 is one of the given URLs, the next requests go to it directly, saving the follower a hop
@@ -44,7 +45,7 @@ class FailoverTransport(httpx.AsyncBaseTransport):
             request.headers["Host"] = base.netloc.decode("ascii")
             try:
                 response = await self._inner.handle_async_request(request)
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.ConnectTimeout):  # refused, or a host gone dark
                 if tried == len(self._servers) - 1:
                     raise
                 self._current = (self._current + 1) % len(self._servers)

@@ -10,6 +10,8 @@ or the leader cannot be reached, a forwarded request gets 503 ORC-INFRA with
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -66,7 +68,6 @@ class LeaderForwarding:
         leader_url: Callable[[], Awaitable[str | None]],
         own_url: str,
         replica: str,
-        timeout: float = 60.0,
         on_build: Callable[[LeaderForwarding], None] = lambda _: None,
     ) -> None:
         on_build(self)  # Starlette builds middleware lazily: the owner learns of it here
@@ -75,7 +76,6 @@ class LeaderForwarding:
         self._lookup = leader_url
         self._own = own_url.rstrip("/")
         self._replica = replica
-        self._timeout = timeout
         self._client: httpx.AsyncClient | None = None
         self._cached: tuple[float, str | None] = (0.0, None)
 
@@ -120,7 +120,12 @@ class LeaderForwarding:
     ) -> None:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(10.0, read=self._timeout), follow_redirects=False
+                # No read timeout: long polls and debugging streams are quiet for long
+                # stretches; a client that leaves ends the forwarded request instead.
+                timeout=httpx.Timeout(10.0, read=None),
+                # Every agent's long poll holds a connection: no cap on them.
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+                follow_redirects=False,
             )
         query = scope.get("query_string", b"").decode("latin-1")
         url = leader + scope.get("raw_path", scope["path"].encode()).decode("latin-1")
@@ -139,29 +144,42 @@ class LeaderForwarding:
             log.info("leader %s unreachable: %s", leader, exc)
             await self._unavailable(scope, receive, send, f"the leader ({leader}) is unreachable")
             return
+        relay = asyncio.create_task(self._relay(leader, response, send))
+        gone = asyncio.create_task(_disconnected(receive))
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status_code,
-                    "headers": [
-                        *(
-                            (k.encode("latin-1"), v.encode("latin-1"))
-                            for k, v in response.headers.multi_items()
-                            if k.lower() not in _HOP and k.lower() not in _SET_HERE
-                        ),
-                        (LEADER_HEADER.encode(), leader.encode("latin-1")),
-                    ],
-                }
-            )
-            try:
-                async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.TransportError as exc:
-                log.info("leader %s went away mid-response: %s", leader, exc)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not relay.done():
+                relay.cancel()  # the client left: so does the request to the leader
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
         finally:
+            gone.cancel()
             await response.aclose()
+
+    async def _relay(self, leader: str, response: httpx.Response, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": [
+                    *(
+                        (k.encode("latin-1"), v.encode("latin-1"))
+                        for k, v in response.headers.multi_items()
+                        if k.lower() not in _HOP and k.lower() not in _SET_HERE
+                    ),
+                    (LEADER_HEADER.encode(), leader.encode("latin-1")),
+                ],
+            }
+        )
+        try:
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.TransportError as exc:
+            # Not completed on purpose: the server then closes the connection, and the
+            # client sees a cut-short answer rather than a whole one.
+            log.warning("leader %s went away mid-response: %s", leader, exc)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _unavailable(self, scope: Scope, receive: Receive, send: Send, why: str) -> None:
         response = problems.problem(503, "ORC-INFRA", f"{why}; retry shortly", retry=True)
@@ -171,6 +189,12 @@ class LeaderForwarding:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return when the client goes away (what is left of its body is not wanted)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:

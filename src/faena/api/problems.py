@@ -54,6 +54,10 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
         **extra,
     }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 503:
+        # Unavailable for now (the database restarting, leadership moving): nothing was
+        # done, so clients and agents may send the same request again.
+        headers = {"Retry-After": "1"}
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 

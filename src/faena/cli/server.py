@@ -7,12 +7,14 @@ import logging
 import os
 import socket
 import sys
+import time
 from dataclasses import replace
 from types import FrameType
 
 from faena.settings import Settings
 
 DEPOSED_EXIT = 3
+RESTART_PAUSE = 2.0  # seconds
 
 
 def server_command(
@@ -107,7 +109,9 @@ def server_command(
             flush=True,
         )
         # A fresh process: nothing of the deposed leader's memory survives. The same
-        # process id, so a supervisor sees no exit.
+        # process id, so a supervisor sees no exit. The pause keeps a replica that fails
+        # to lead (and so stops) from starting again in a tight loop.
+        time.sleep(RESTART_PAUSE)
         try:
             os.execv(sys.executable, [sys.executable, "-m", "faena", *sys.argv[1:]])
         except OSError as exc:

@@ -435,7 +435,13 @@ class Orchestrator:
         for state in (RunState.PENDING, RunState.RUNNING):
             for row in await self._store.list_runs(limit=100_000, state=state.value):
                 self._runs.pop(row["run_id"], None)
-                h = await self._load(row["run_id"])
+                try:
+                    h = await self._load(row["run_id"])
+                except (NotFound, ValueError, KeyError) as exc:
+                    # One broken run (its spec lost, say) must not stop the others.
+                    log.error("run %s cannot be recovered, left as it is: %s",
+                              row["run_id"], exc)  # fmt: skip
+                    continue
 
                 def command(tx: _Tx, h: _Handle = h) -> list[str]:
                     for job in list(h.run.jobs.values()):

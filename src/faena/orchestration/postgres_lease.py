@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from typing import Any
 
 import asyncpg
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import make_url
 
 from faena.store.port import Deposed, Store
@@ -26,11 +29,32 @@ log = logging.getLogger(__name__)
 LOCK_CLASS = 0x6661656E
 LOCK_KEY = 3
 _ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# The server drops the session of a leader whose host died or was cut off within ~10 s
+# (else the OS keepalive, about two hours, would hold the lock that long).
+_DEAD_PEER = {
+    "tcp_keepalives_idle": "3",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
+PING_TIMEOUT = 5.0  # a slow ping is not a lost lock; a lost connection fails at once
+_REPORT_EVERY = 30.0  # seconds between repeated "cannot reach the database" warnings
 
 
 def asyncpg_dsn(url: str) -> str:
     """A libpq-style DSN for asyncpg from a SQLAlchemy URL (``postgresql+asyncpg://``)."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def connect_args(url: str) -> dict[str, Any]:
+    """asyncpg.connect's arguments for the URL the store uses, read the way SQLAlchemy's
+    asyncpg dialect reads them (its own query options, such as
+    ``prepared_statement_cache_size``, are not server settings)."""
+    _, params = asyncpg_dialect().create_connect_args(make_url(url))  # type: ignore[no-untyped-call]
+    params.pop("prepared_statement_cache_size", None)
+    params.pop("prepared_statement_name_func", None)
+    params.pop("async_fallback", None)
+    return dict(params)
 
 
 class PostgresLease:
@@ -48,7 +72,9 @@ class PostgresLease:
         poll: float = 0.5,
         check: float = 1.0,
     ) -> None:
-        self._dsn = asyncpg_dsn(url)
+        self._connect = connect_args(url)
+        self._where = make_url(url).render_as_string(hide_password=True)
+        self._reported = 0.0
         self._store = store
         self._holder = holder
         self._url = advertise
@@ -112,7 +138,7 @@ class PostgresLease:
         if conn is None or conn.is_closed():
             return False
         try:
-            await conn.fetchval("SELECT 1", timeout=self._check)
+            await conn.fetchval("SELECT 1", timeout=max(self._check, PING_TIMEOUT))
         except _ERRORS:
             await self._drop()
             return False
@@ -121,16 +147,33 @@ class PostgresLease:
     async def _try_lock(self, *, quiet: bool = True) -> bool:
         try:
             if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncpg.connect(self._dsn, timeout=max(self._check, 1.0))
+                settings = {**self._connect.get("server_settings", {}), **_DEAD_PEER}
+                self._conn = await asyncpg.connect(
+                    **{**self._connect, "server_settings": settings},
+                    timeout=max(self._check, 1.0),
+                )
             got = await self._conn.fetchval(
-                "SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, LOCK_KEY, timeout=self._check
+                "SELECT pg_try_advisory_lock($1, $2)",
+                LOCK_CLASS,
+                LOCK_KEY,
+                timeout=max(self._check, PING_TIMEOUT),
             )
-        except _ERRORS:
+        except _ERRORS as exc:
             await self._drop()
             if not quiet:
                 raise
+            self._report(exc)
             return False
         return bool(got)
+
+    def _report(self, exc: BaseException) -> None:
+        """Say why the lock cannot be taken (a bad password, a setting the server refuses),
+        once in a while rather than at every poll."""
+        now = time.monotonic()
+        if now - self._reported >= _REPORT_EVERY:
+            self._reported = now
+            log.warning("leadership: cannot reach %s to contend for the lease: %s",
+                        self._where, exc)  # fmt: skip
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -38,9 +38,11 @@ class Commit:
 
 
 class Deposed(FaenaError):
-    """A write made under a leadership term that another replica has since replaced."""
+    """A write made under a leadership term that another replica has since replaced.
 
-    code = ErrorCode.ORC_STATE
+    ORC-INFRA (503, retry): the request did nothing, and the new leader will take it."""
+
+    code = ErrorCode.ORC_INFRA
 
 
 @dataclass(frozen=True)
