@@ -171,13 +171,14 @@ class App:
 
     async def open(self) -> None:
         """What every replica needs, leading or not: the store and the bus."""
-        self.settings.home.mkdir(parents=True, exist_ok=True)
         await self.store.open()
         await self.bus.start()
 
     async def lead(self) -> None:
         """Wait for the lease, then run orchestration and scheduling under its term."""
         self.term = await self.leadership.campaign()
+        # Made here, not at open: a `faena run` that refuses a shared database leaves none.
+        self.settings.home.mkdir(parents=True, exist_ok=True)
         if self.leadership.fenced:
             self.orchestrator.fence = self.term
         if self.recorder is not None:

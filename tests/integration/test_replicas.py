@@ -181,11 +181,13 @@ def test_faena_run_refuses_a_database_that_replicas_lead(tmp_path: Path, postgre
                            text=True, timeout=60)  # fmt: skip
     assert first.returncode == 0, first.stderr  # a database of its own: fine
     asyncio.run(claim())
-    second = subprocess.run([*FAENA_CMD, "run"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=60)  # fmt: skip
+    elsewhere = {**env, "FAENA_HOME": str(tmp_path / "elsewhere")}
+    second = subprocess.run([*FAENA_CMD, "run"], cwd=tmp_path, env=elsewhere,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
     assert second.returncode == 2
     assert "belongs to faena server replicas (leader ci-1" in second.stderr
     assert "faena submit" in second.stderr
+    assert not (tmp_path / "elsewhere").exists()
 
 
 @pytest.mark.parametrize(
