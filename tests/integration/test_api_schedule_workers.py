@@ -1,7 +1,6 @@
 """POST /schedule and the warm workers (/workers) on a real uvicorn, driven with httpx.
 
-The app is put together as ``build_server`` does, with the warm pool as the local node's
-provider and the scheduling and workers routers added.
+The app is ``build_server``'s, as ``faena server`` runs it.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +15,13 @@ import httpx
 import pytest
 from api_server import served
 
-from faena.api.agents import agent_router
-from faena.api.app import create_api
-from faena.api.scheduling import schedule_router
-from faena.api.workers import workers_router
-from faena.app import NODE_ID, App, step_env
+from faena.app import NODE_ID, App, build_server
 from faena.bus.memory import MemoryBus
 from faena.domain.events import make_event
 from faena.scheduling.fifo import FifoScheduler, NodeSlots
-from faena.security.port import Principal
-from faena.security.tokens import (
-    ADMIN,
-    ScopeAuthorizer,
-    StoredTokenAuthenticator,
-    TokenAuthenticator,
-    hash_token,
-)
 from faena.settings import Settings
-from faena.workers.pool import WorkerPool
-from faena.workers.providers.local import LocalProvider
 
 TOKEN = "test-admin-token"
-READER = "test-reader-token"
 READER_SCOPES = frozenset({"job:read", "worker:read"})
 
 UNPLACEABLE = """name: gpu
@@ -67,10 +50,11 @@ jobs:
 
 
 class Server:
-    def __init__(self, client: httpx.AsyncClient, system: App, pool: WorkerPool) -> None:
+    def __init__(self, client: httpx.AsyncClient, system: App, reader: str) -> None:
         self.client = client
         self.system = system
-        self.pool = pool
+        self.pool = system.pool
+        self.reader = reader  # a token holding READER_SCOPES only
 
     def other(self, token: str | None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -81,56 +65,16 @@ class Server:
 async def serve(
     tmp_path: Path, *, with_agent: bool, jobs: int = 2, max_warm: int = 16
 ) -> AsyncIterator[Server]:
-    settings = Settings(home=tmp_path / "home", jobs=jobs)
-    local = LocalProvider(settings.workspaces, base_env=step_env())
-    pool = WorkerPool(local, max_warm=max_warm)
-    system = App(settings, provider=pool, local_agent=with_agent)
-    authenticator = StoredTokenAuthenticator(
-        system.store,
-        TokenAuthenticator(
-            {
-                hash_token(TOKEN): ADMIN,
-                hash_token(READER): Principal("reader", READER_SCOPES, token_id="reader"),
-            }
-        ),
-    )
-
-    async def start() -> None:
-        await system.start()
-        await system.recover()
-
-    async def stop() -> None:
-        await pool.close()
-        await system.close()
-        await local.close()
-
-    api = create_api(
-        orchestrator=system.orchestrator,
-        store=system.store,
-        authenticator=authenticator,
-        authorizer=ScopeAuthorizer(),
-        nodes=system.nodes,
-        lifespan=start,
-        shutdown=stop,
-        routers=[
-            partial(
-                agent_router,
-                gateway=system.gateway,
-                registry=system.registry,
-                dispatcher=system.dispatcher,
-            ),
-            partial(schedule_router, scheduler=system.scheduler, store=system.store),
-            partial(
-                workers_router,
-                pool=pool if with_agent else None,
-                store=system.store,
-                node_id=NODE_ID,
-            ),
-        ],
-    )
+    """The server ``faena server`` runs (build_server), with a smaller warm pool."""
+    api, system, _ = build_server(Settings(home=tmp_path / "home", jobs=jobs), TOKEN,
+                                  with_agent=with_agent)  # fmt: skip
+    system.pool.max_warm = max_warm
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with served(api) as url, httpx.AsyncClient(base_url=url, headers=headers) as c:
-        yield Server(c, system, pool)
+        made = await c.post("/api/v1/tokens", json={"name": "reader",
+                                                   "scopes": sorted(READER_SCOPES)})  # fmt: skip
+        assert made.status_code == 201, made.text
+        yield Server(c, system, made.json()["token"])
 
 
 async def submit(client: httpx.AsyncClient, pipeline: str) -> dict[str, Any]:
@@ -310,7 +254,7 @@ async def test_auth_errors(tmp_path: Path) -> None:
                 assert r.headers["www-authenticate"] == "Bearer"
         async with s.other("not-a-token") as bad:
             assert (await bad.get("/api/v1/workers")).status_code == 401
-        async with s.other(READER) as reader:
+        async with s.other(s.reader) as reader:
             for method, path, body in (
                 ("POST", "/api/v1/schedule", {"job_id": "x.1", "dry_run": True}),
                 ("POST", "/api/v1/workers", {}),
