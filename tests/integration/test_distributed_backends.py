@@ -4,6 +4,7 @@ events (real servers from tests/postgres.py and tests/nats_server.py)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,6 +57,19 @@ async def gate_reached(app: App, run_id: str) -> None:
             await asyncio.sleep(0.05)
 
 
+async def through_an_outage(app: App, gate: Path, outage: Callable[[], Awaitable[None]]) -> str:
+    """Run DAG with ``outage`` while its last job waits at the gate; the run must succeed."""
+    spec = parse_pipeline(DAG.replace("$GATE", str(gate)), filename="faena.yml")
+    run_id = await app.orchestrator.submit(spec)
+    await gate_reached(app, run_id)
+    await outage()
+    gate.touch()
+    async with asyncio.timeout(60):
+        final = await app.orchestrator.wait(run_id)
+    assert final.state is RunState.SUCCEEDED
+    return run_id
+
+
 async def lines_of(app: App, run_id: str) -> list[str]:
     return [ln.text for ln in await app.store.read_logs(run_id)]
 
@@ -63,20 +77,16 @@ async def lines_of(app: App, run_id: str) -> list[str]:
 async def test_a_run_survives_a_nats_restart_on_postgres(
     tmp_path: Path, postgres_url: str, nats_server: NatsServer
 ) -> None:
-    gate = tmp_path / "gate"
-    spec = parse_pipeline(DAG.replace("$GATE", str(gate)), filename="faena.yml")
     app = App(settings(tmp_path, postgres_url, nats_server))
     await app.start()
     try:
-        run_id = await app.orchestrator.submit(spec)
-        await gate_reached(app, run_id)
-        # NATS goes away with the run half done; the gate job's end is published while it
-        # is down (the outbox keeps it) or after (the client reconnects).
-        nats_server.restart(kill=True)
-        gate.touch()
-        async with asyncio.timeout(60):
-            final = await app.orchestrator.wait(run_id)
-        assert final.state is RunState.SUCCEEDED
+
+        async def outage() -> None:
+            # NATS goes away with the run half done; the gate job's end is published while
+            # it is down (the outbox keeps it) or after (the client reconnects).
+            nats_server.restart(kill=True)
+
+        run_id = await through_an_outage(app, tmp_path / "gate", outage)
         texts = await lines_of(app, run_id)
         assert "built" in texts and "through the gate" in texts
         assert sorted(t for t in texts if t.startswith("testing")) == [
@@ -101,20 +111,16 @@ async def test_a_run_survives_a_nats_restart_on_postgres(
 async def test_a_run_survives_a_postgres_restart(
     tmp_path: Path, postgres_url: str, postgres_server: PostgresServer, nats_server: NatsServer
 ) -> None:
-    gate = tmp_path / "gate"
-    spec = parse_pipeline(DAG.replace("$GATE", str(gate)), filename="faena.yml")
     app = App(settings(tmp_path, postgres_url, nats_server))
     await app.start()
     try:
-        run_id = await app.orchestrator.submit(spec)
-        await gate_reached(app, run_id)
-        # The database goes away for a second while the last job ends: its reports wait
-        # in the orchestrator's retries (ORC-INFRA, 7 attempts with back-off).
-        await asyncio.to_thread(postgres_server.restart, 1.0)
-        gate.touch()
-        async with asyncio.timeout(60):
-            final = await app.orchestrator.wait(run_id)
-        assert final.state is RunState.SUCCEEDED
+
+        async def outage() -> None:
+            # The database goes away for a second while the last job ends: its reports
+            # wait in the orchestrator's retries (ORC-INFRA, 7 attempts with back-off).
+            await asyncio.to_thread(postgres_server.restart, 1.0)
+
+        run_id = await through_an_outage(app, tmp_path / "gate", outage)
         stored = await app.store.get_run(run_id)
         assert stored is not None and stored["state"] == "SUCCEEDED"
         assert "through the gate" in await lines_of(app, run_id)
