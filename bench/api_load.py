@@ -4,8 +4,8 @@
                                        [--first-step 30] [--remote] [--accept-only]
 
 Starts a real ``faena server`` (the console script next to this Python, on a free loopback
-port, FAENA_HOME in a temp dir, ``--admin-token``; ``--with-agent`` when the server has
-that flag), waits for /readyz, then:
+port, FAENA_HOME in a temp dir, ``--admin-token``, ``--with-agent``), waits for /readyz,
+then:
 
 1. throughput and latency: ``--clients`` concurrent httpx clients send ``--requests``
    requests in all (stopping early at ``--duration`` seconds), first ``GET /healthz`` (the
@@ -20,9 +20,9 @@ that flag), waits for /readyz, then:
    event, and of the time until the event's own ``occurred_at`` (server-side, same clock).
 
 ``--remote`` adds a variant: the server without its in-process agent plus a
-``faena agent --server URL --token T`` subprocess (skipped, saying so, while ``faena agent``
-does not exist). ``--accept-only`` adds a diagnostic variant: a server with no agent at all,
-so submitted runs stay queued and POST is measured without jobs executing beside it.
+``faena agent --server URL --token T`` subprocess. ``--accept-only`` adds a diagnostic
+variant: a server with no agent at all, so submitted runs stay queued and POST is measured
+without jobs executing beside it.
 ``--clients 1,10,100`` measures each concurrency level; ``--profile FILE`` runs the server
 under cProfile. Prints one JSON object per measurement on stdout, then a table on stderr.
 """
@@ -59,32 +59,6 @@ FAENA = Path(sys.executable).parent / "faena"
 
 
 # ---------------------------------------------------------------- the processes
-
-
-@dataclass(frozen=True)
-class Features:
-    """What this checkout's CLI offers (the lead is adding agents while this is written)."""
-
-    with_agent: bool  # `faena server --with-agent`
-    agent: bool  # `faena agent --server URL --token T`
-    agent_jobs: bool  # `faena agent -j N`
-
-    @classmethod
-    def detect(cls) -> Features:
-        server_help, agent_help = _help(["server"]), _help(["agent"])
-        return cls(
-            with_agent="--with-agent" in server_help,
-            agent=bool(agent_help),
-            agent_jobs="--jobs" in agent_help,
-        )
-
-
-def _help(command: list[str]) -> str:
-    """The command's --help text, or "" when the command does not exist."""
-    done = subprocess.run(
-        [str(FAENA), *command, "--help"], capture_output=True, text=True, timeout=30, check=False
-    )
-    return done.stdout if done.returncode == 0 else ""
 
 
 @dataclass(frozen=True)
@@ -148,9 +122,7 @@ async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> Non
 
 
 @contextlib.asynccontextmanager
-async def system(
-    variant: Variant, features: Features, jobs: int | None, profile: Path | None
-) -> AsyncIterator[str]:
+async def system(variant: Variant, jobs: int | None, profile: Path | None) -> AsyncIterator[str]:
     """A `faena server` (and, for the remote variant, a `faena agent`); yields its URL.
     With ``profile``, the server runs under cProfile and writes its stats there on exit."""
     with tempfile.TemporaryDirectory(prefix="faena-api-load-") as tmp:
@@ -161,7 +133,7 @@ async def system(
             argv = [sys.executable, "-m", "cProfile", "-o", str(profile.absolute()), *argv]
         if jobs is not None:
             argv += ["-j", str(jobs)]
-        if features.with_agent and variant.runs_jobs and not variant.remote:
+        if variant.runs_jobs and not variant.remote:
             argv.append("--with-agent")
         server_log = Path(tmp) / "server.log"
         server = _start(argv, Path(tmp) / "home", server_log)
@@ -171,7 +143,7 @@ async def system(
             await _wait_ready(url, server, server_log)
             if variant.remote:
                 agent_argv = [str(FAENA), "agent", "--server", url, "--token", TOKEN]
-                if jobs is not None and features.agent_jobs:
+                if jobs is not None:
                     agent_argv += ["--jobs", str(jobs)]
                 agent = _start(agent_argv, Path(tmp) / "agent-home", agent_log)
                 await _wait_agent(url, agent, agent_log)
@@ -446,13 +418,11 @@ async def phase(
         return result
 
 
-async def measure(
-    variant: Variant, features: Features, args: argparse.Namespace
-) -> list[dict[str, Any]]:
+async def measure(variant: Variant, args: argparse.Namespace) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     profile = args.profile.with_suffix(f".{variant.name}.prof") if args.profile else None
     async with (
-        system(variant, features, args.server_jobs, profile) as url,
+        system(variant, args.server_jobs, profile) as url,
         httpx.AsyncClient(base_url=url, headers=auth(), timeout=args.timeout) as control,
     ):
         # Warm-up: code paths imported, SQLite pages cached, a few runs through the system.
@@ -616,33 +586,16 @@ async def main() -> int:
         print(f"{FAENA} not found: run ./scripts/bootstrap", file=sys.stderr)
         return 2
 
-    features = Features.detect()
     variants = [Variant("embedded")]
     if args.remote:
-        if features.agent:
-            variants.append(Variant("remote", remote=True))
-        else:
-            print(
-                "remote variant skipped: this faena has no `faena agent` command yet",
-                file=sys.stderr,
-            )
+        variants.append(Variant("remote", remote=True))
     if args.accept_only:
-        if features.with_agent:
-            variants.append(Variant("accept", runs_jobs=False))
-        else:
-            print(
-                "accept-only variant skipped: `faena server` always runs jobs (no --with-agent)",
-                file=sys.stderr,
-            )
-    print(
-        f"faena server --with-agent: {'yes' if features.with_agent else 'no (not a flag yet)'}; "
-        f"faena agent: {'yes' if features.agent else 'no'}; {os.cpu_count()} CPUs",
-        file=sys.stderr,
-    )
+        variants.append(Variant("accept", runs_jobs=False))
+    print(f"{os.cpu_count()} CPUs", file=sys.stderr)
 
     records: list[dict[str, Any]] = []
     for variant in variants:
-        records += await measure(variant, features, args)
+        records += await measure(variant, args)
     table(records)
     return 0
 
