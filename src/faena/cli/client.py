@@ -140,6 +140,11 @@ def _job_path(ref: str) -> str:
     return f"/api/v1/jobs/{quote(ref, safe='')}"
 
 
+def _action_path(ref: str, action: str) -> str:
+    """``cancel``/``retry`` of a job (ids are ``<run>.<n>``) or else of a run."""
+    return f"{_job_path(ref) if '.' in ref else _run_path(ref)}/{action}"
+
+
 def submit_command(
     file: Path,
     *,
@@ -458,8 +463,7 @@ def cancel_command(
     profile: str | None = None,
 ) -> int:
     api = Api(server, token, profile)
-    # Job ids are "<run>.<n>"; anything else names a run.
-    path = f"{_job_path(ref)}/cancel" if "." in ref else f"{_run_path(ref)}/cancel"
+    path = _action_path(ref, "cancel")
     try:
         answer = api.call("POST", path)
     except ClientError as exc:
@@ -482,7 +486,7 @@ def retry_command(
 ) -> int:
     api = Api(server, token, profile)
     is_job = "." in ref
-    path = f"{_job_path(ref)}/retry" if is_job else f"{_run_path(ref)}/retry"
+    path = _action_path(ref, "retry")
     try:
         before: dict[str, Any] | None = None
         after = 0
