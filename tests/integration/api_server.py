@@ -1,4 +1,5 @@
-"""A FastAPI app served by a real uvicorn on a free 127.0.0.1 port, for a test's duration."""
+"""A FastAPI app served by a real uvicorn on a free 127.0.0.1 port, for a test's duration,
+and what the API tests ask of it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import uvicorn
+
+from faena.app import App, build_server
+from faena.settings import Settings
 
 
 def free_port() -> int:
@@ -35,3 +40,25 @@ async def served(api: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+@asynccontextmanager
+async def server_client(
+    settings: Settings, token: str, *, with_agent: bool = True
+) -> AsyncIterator[tuple[httpx.AsyncClient, App]]:
+    """``faena server``'s app (build_server) served, and a client holding ``token``."""
+    api, system, created = build_server(settings, token, with_agent=with_agent)
+    assert created is None  # the token given is the admin token: none is made up
+    headers = {"Authorization": f"Bearer {token}"}
+    async with served(api) as url, httpx.AsyncClient(base_url=url, headers=headers) as c:
+        yield c, system
+
+
+async def wait_done(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    """The run's row once it has finished (30 s at most)."""
+    async with asyncio.timeout(30):
+        while True:
+            body: dict[str, Any] = (await client.get(f"/api/v1/pipelines/{run_id}")).json()
+            if body["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                return body
+            await asyncio.sleep(0.05)

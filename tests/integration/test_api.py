@@ -10,9 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from api_server import served
+from api_server import server_client, wait_done
 
-from faena.app import build_server
 from faena.settings import Settings
 
 TOKEN = "test-admin-token"
@@ -29,10 +28,7 @@ jobs:
 @asynccontextmanager
 async def serve(home: Path) -> AsyncIterator[httpx.AsyncClient]:
     """A real server on a free port over ``home``; stopped (cleanly) on exit."""
-    api, _, created = build_server(Settings(home=home, jobs=2), TOKEN)
-    assert created is None
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with served(api) as url, httpx.AsyncClient(base_url=url, headers=headers) as c:
+    async with server_client(Settings(home=home, jobs=2), TOKEN) as (c, _):
         yield c
 
 
@@ -40,15 +36,6 @@ async def serve(home: Path) -> AsyncIterator[httpx.AsyncClient]:
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     async with serve(tmp_path / "home") as c:
         yield c
-
-
-async def wait_done(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    async with asyncio.timeout(30):
-        while True:
-            body: dict[str, Any] = (await client.get(f"/api/v1/pipelines/{run_id}")).json()
-            if body["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-                return body
-            await asyncio.sleep(0.05)
 
 
 async def test_health_needs_no_token(client: httpx.AsyncClient) -> None:

@@ -13,9 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from api_server import served
+from api_server import server_client, wait_done
 
-from faena.app import build_server
 from faena.settings import Settings
 
 TOKEN = "test-admin-token"
@@ -37,9 +36,7 @@ jobs:
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    api, _, _ = build_server(Settings(home=tmp_path / "home", jobs=2), TOKEN)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with served(api) as url, httpx.AsyncClient(base_url=url, headers=headers) as c:
+    async with server_client(Settings(home=tmp_path / "home", jobs=2), TOKEN) as (c, _):
         yield c
 
 
@@ -47,15 +44,6 @@ async def submit(client: httpx.AsyncClient, text: str = PIPELINE) -> str:
     r = await client.post("/api/v1/pipelines", content=text)
     assert r.status_code == 201, r.text
     return str(r.json()["run_id"])
-
-
-async def wait_done(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    async with asyncio.timeout(30):
-        while True:
-            body: dict[str, Any] = (await client.get(f"/api/v1/pipelines/{run_id}")).json()
-            if body["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-                return body
-            await asyncio.sleep(0.05)
 
 
 async def logs(client: httpx.AsyncClient, ref: str, **params: Any) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-from api_server import served
+from api_server import server_client
 
-from faena.app import NODE_ID, App, build_server
+from faena.app import NODE_ID, App
 from faena.bus.memory import MemoryBus
 from faena.domain.events import make_event
 from faena.scheduling.fifo import FifoScheduler, NodeSlots
@@ -66,11 +66,9 @@ async def serve(
     tmp_path: Path, *, with_agent: bool, jobs: int = 2, max_warm: int = 16
 ) -> AsyncIterator[Server]:
     """The server ``faena server`` runs (build_server), with a smaller warm pool."""
-    api, system, _ = build_server(Settings(home=tmp_path / "home", jobs=jobs), TOKEN,
-                                  with_agent=with_agent)  # fmt: skip
-    system.pool.max_warm = max_warm
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with served(api) as url, httpx.AsyncClient(base_url=url, headers=headers) as c:
+    settings = Settings(home=tmp_path / "home", jobs=jobs)
+    async with server_client(settings, TOKEN, with_agent=with_agent) as (c, system):
+        system.pool.max_warm = max_warm
         made = await c.post("/api/v1/tokens", json={"name": "reader",
                                                    "scopes": sorted(READER_SCOPES)})  # fmt: skip
         assert made.status_code == 201, made.text
