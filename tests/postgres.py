@@ -238,9 +238,9 @@ async def end_leader_session(url: str) -> None:
     leader's death would (orchestration/postgres_lease.py)."""
     import asyncpg
 
-    from faena.orchestration.postgres_lease import LOCK_CLASS, LOCK_KEY, asyncpg_dsn
+    from faena.orchestration.postgres_lease import LOCK_CLASS, LOCK_KEY, connect_args
 
-    admin = await asyncpg.connect(asyncpg_dsn(url))
+    admin = await asyncpg.connect(**connect_args(url))
     try:
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "

@@ -41,11 +41,6 @@ PING_TIMEOUT = 5.0  # a slow ping is not a lost lock; a lost connection fails at
 _REPORT_EVERY = 30.0  # seconds between repeated "cannot reach the database" warnings
 
 
-def asyncpg_dsn(url: str) -> str:
-    """A libpq-style DSN for asyncpg from a SQLAlchemy URL (``postgresql+asyncpg://``)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def connect_args(url: str) -> dict[str, Any]:
     """asyncpg.connect's arguments for the URL the store uses, read the way SQLAlchemy's
     asyncpg dialect reads them (its own query options, such as
