@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_server import server_client
+from api_server import server_client, wait_done
 
 from faena.app import NODE_ID, App
 from faena.bus.memory import MemoryBus
@@ -100,15 +100,6 @@ async def wait_job(client: httpx.AsyncClient, jid: str, *states: str) -> dict[st
             await asyncio.sleep(0.05)
 
 
-async def wait_run(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    async with asyncio.timeout(30):
-        while True:
-            body: dict[str, Any] = (await client.get(f"/api/v1/pipelines/{run_id}")).json()
-            if body["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-                return body
-            await asyncio.sleep(0.05)
-
-
 # -- POST /schedule ------------------------------------------------------------------------
 
 
@@ -183,7 +174,7 @@ async def test_schedule_is_idempotent_and_refuses_jobs_not_queued(tmp_path: Path
         assert r.status_code == 422 and r.json()["code"] == "ORC-VALID"
 
         await c.post(f"/api/v1/pipelines/{run['run_id']}/cancel")
-        await wait_run(c, run["run_id"])
+        await wait_done(c, run["run_id"])
         # Finished: not queued any more.
         r = await c.post("/api/v1/schedule", json={"job_id": slow, "dry_run": True})
         assert r.status_code == 409 and r.json()["code"] == "ORC-STATE"
@@ -337,7 +328,7 @@ async def test_a_job_runs_in_a_prewarmed_worker_and_its_logs_are_there(tmp_path:
         assert idle_logs.status_code == 200 and idle_logs.json()["lines"] == []
 
         run = await submit(c, HELLO)
-        done = await wait_run(c, run["run_id"])
+        done = await wait_done(c, run["run_id"])
         assert done["state"] == "SUCCEEDED", done
         row = done["jobs"][0]
 
@@ -362,7 +353,7 @@ async def test_a_job_runs_in_a_prewarmed_worker_and_its_logs_are_there(tmp_path:
         assert tail.json()["lines"] == []
 
         # No idle worker left: the next job gets a worker of its own; its logs are found too.
-        second = await wait_run(c, (await submit(c, HELLO))["run_id"])
+        second = await wait_done(c, (await submit(c, HELLO))["run_id"])
         own = second["jobs"][0]["worker_id"]
         assert own and own != row["worker_id"]
         assert (await c.get(f"/api/v1/workers/{own}")).status_code == 404
@@ -387,7 +378,7 @@ async def test_a_busy_worker_cannot_be_ended(tmp_path: Path) -> None:
         r = await c.delete("/api/v1/workers/warm-1")
         assert r.status_code == 409 and r.json()["code"] == "ORC-STATE", r.text
         await c.post(f"/api/v1/pipelines/{run['run_id']}/cancel")
-        assert (await wait_run(c, run["run_id"]))["state"] == "CANCELLED"
+        assert (await wait_done(c, run["run_id"]))["state"] == "CANCELLED"
         assert (await c.get("/api/v1/workers/warm-1")).json()["state"] == "finished"
 
 
