@@ -26,22 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import re
-import shlex
 import shutil
 import signal
-import struct
 import sys
 import tempfile
-import termios
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 from faena.domain.outputs import parse_output_file
 from faena.workers.port import (
@@ -55,6 +50,28 @@ from faena.workers.port import (
     Worker,
     WorkerRequest,
 )
+from faena.workers.providers.exit_codes import (
+    EXIT_CANCELLED,
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    EXIT_TIMED_OUT,
+)
+from faena.workers.providers.output_pipe import (
+    MAX_LINE_BYTES,
+    OutputPipe,
+    PipeDrainer,
+    close_fds,
+    wait_for_exit,
+)
+from faena.workers.providers.process_tree import (
+    SIGKILL_WAIT,
+    group_empty,
+    kill_tree,
+    kill_worker_processes,
+    signal_tree,
+    tree_alive,
+)
+from faena.workers.providers.shells import ShellError, fill_template, shell_template
 
 __all__ = [
     "EXIT_CANCELLED",
@@ -66,30 +83,7 @@ __all__ = [
     "kill_worker_processes",
 ]
 
-EXIT_TIMED_OUT = 124
-EXIT_CANCELLED = 130
-EXIT_NOT_EXECUTABLE = 126
-EXIT_NOT_FOUND = 127
-MAX_LINE_BYTES = 64 * 1024
-"""Longer lines reach the sink split into pieces of at most this many bytes."""
-
 _TRASH = ".trash"  # destroyed workspaces wait here to be deleted; ids never start with "."
-_READ_CHUNK = 64 * 1024
-_POLL_INTERVAL = 0.02
-_SIGKILL_WAIT = 5.0  # SIGKILL cannot be ignored; this only bounds waiting on D-state processes
-_KILL_SWEEPS = 50
-_FALLBACK_DRAIN = 1024 * 1024
-
-# GitHub Actions' command lines for its named shells; {0} is the script file.
-_SHELLS: dict[str, tuple[tuple[str, ...], str]] = {
-    "bash": (("bash", "--noprofile", "--norc", "-eo", "pipefail", "{0}"), ".sh"),
-    "sh": (("sh", "-e", "{0}"), ".sh"),
-    "python": (("python3", "{0}"), ".py"),
-    "pwsh": (("pwsh", "-command", ". '{0}'"), ".ps1"),
-}
-
-_Stop = Literal["timed_out", "cancelled"]
-_Emit = Callable[[Stream, bytes], Awaitable[None]]
 
 
 class LocalProvider:
@@ -150,8 +144,8 @@ class LocalProvider:
         base = os.environ if self._base_env is None else self._base_env
         search_path = request.env.get("PATH", base.get("PATH", os.defpath))
         try:
-            template, suffix = _shell_template(shell, search_path)
-        except _ShellError as exc:
+            template, suffix = shell_template(shell, search_path)
+        except ShellError as exc:
             return await fail(exc.exit_code, str(exc))
         script, output = self._write_files(paths, request, suffix)
         env = {
@@ -162,7 +156,7 @@ class LocalProvider:
             "FAENA_WORKER_ID": worker.worker_id,
             "FAENA_OUTPUT": str(output),
         }
-        argv = _fill(template, script, pwsh=shell == "pwsh")
+        argv = fill_template(template, script, pwsh=shell == "pwsh")
 
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -177,27 +171,27 @@ class LocalProvider:
                 start_new_session=True,
             )
         except (FileNotFoundError, PermissionError) as exc:
-            _close(out_r, err_r)
+            close_fds(out_r, err_r)
             code = EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_NOT_EXECUTABLE
             return await fail(code, f"cannot run shell {argv[0]!r}: {exc.strerror}")
         except OSError as exc:
-            _close(out_r, err_r)
+            close_fds(out_r, err_r)
             raise ProviderError(f"cannot start step {request.exec_id!r}: {exc}") from exc
         finally:
-            _close(out_w, err_w)  # the child holds its copies; ours would block EOF forever
+            close_fds(out_w, err_w)  # the child holds its copies; ours would block EOF forever
 
         state = self._workers.setdefault(worker.worker_id, _WorkerState())
         state.groups.add(proc.pid)  # start_new_session: the group id is the child's pid
-        pipes = [_Pipe(out_r, "stdout", emit), _Pipe(err_r, "stderr", emit)]
+        pipes = [OutputPipe(out_r, "stdout", emit), OutputPipe(err_r, "stderr", emit)]
         pumps = [asyncio.ensure_future(pipe.pump()) for pipe in pipes]
         running = _Running(tasks=set(pumps))
         state.running[request.exec_id] = running
         waiter = asyncio.ensure_future(proc.wait())
         finished = False
         try:
-            stop = await _until_exit(waiter, running.cancel, request.timeout, pumps)
+            stop = await wait_for_exit(waiter, running.cancel, request.timeout, pumps)
             if stop is not None:
-                await _kill_tree(proc.pid, self._kill_grace)
+                await kill_tree(proc.pid, self._kill_grace)
             returncode = await waiter
             for pipe in pipes:
                 pipe.notify_exit()
@@ -210,19 +204,19 @@ class LocalProvider:
             if finished:
                 for pipe, eof in zip(pipes, at_eof, strict=True):
                     if eof:
-                        _close(pipe.fd)
+                        close_fds(pipe.fd)
                     else:
                         state.detach(pipe.fd)
             else:
                 # Sink failure or task cancellation: nothing may outlive the step.
-                _signal_tree(proc.pid, signal.SIGKILL)
+                signal_tree(proc.pid, signal.SIGKILL)
                 waiter.cancel()
                 for task in pumps:
                     task.cancel()
                 await asyncio.wait(pumps)  # before closing: they may still watch the fds
-                _close(out_r, err_r)
+                close_fds(out_r, err_r)
 
-        if _group_empty(proc.pid) or not await asyncio.to_thread(_tree_alive, proc.pid):
+        if group_empty(proc.pid) or not await asyncio.to_thread(tree_alive, proc.pid):
             state.groups.discard(proc.pid)  # forget it now: an empty group's id can be reused
         exit_code = 128 - returncode if returncode < 0 else returncode
         if stop == "timed_out":
@@ -250,7 +244,7 @@ class LocalProvider:
         self._kill_grace = 0.0
         for state in self._workers.values():
             for group in list(state.groups):
-                _signal_tree(group, signal.SIGKILL)
+                signal_tree(group, signal.SIGKILL)
 
     async def cancel(self, worker: Worker, exec_id: str) -> None:
         """Kill a running exec's process group and wait until it is gone; no-op if none."""
@@ -270,7 +264,7 @@ class LocalProvider:
         if state is not None:
             for running in state.running.values():
                 running.cancel.set()
-            await asyncio.gather(*(_kill_tree(g, self._kill_grace) for g in state.groups))
+            await asyncio.gather(*(kill_tree(g, self._kill_grace) for g in state.groups))
         if state is None or not state.running:
             # The common case, in one thread hop: sweep, then remove the directory.
             if state is not None:
@@ -289,7 +283,7 @@ class LocalProvider:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         asyncio.gather(*(r.done.wait() for r in state.running.values())),
-                        timeout=self._kill_grace + _SIGKILL_WAIT,
+                        timeout=self._kill_grace + SIGKILL_WAIT,
                     )
             state.close()
         if self._keep_workspace or not paths.root.exists():
@@ -364,47 +358,6 @@ class LocalProvider:
         return Path(script_name), Path(output_name)
 
 
-def kill_worker_processes(worker_id: str, grace: float) -> int:
-    """SIGTERM, then SIGKILL after ``grace`` seconds, every process whose environment holds
-    ``FAENA_WORKER_ID=<worker_id>``; return how many were signalled (0 without /proc)."""
-    if not worker_id:
-        raise ValueError("worker_id must not be empty")
-    needle = f"FAENA_WORKER_ID={worker_id}".encode()
-    signalled: set[int] = set()
-
-    def sweep(sig: signal.Signals, skip: set[int]) -> set[int]:
-        found = _pids_with_env(needle)
-        for pid in found - skip:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-                if sig == signal.SIGTERM:
-                    os.kill(pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only then
-        signalled.update(found)
-        return found
-
-    found, unsure = _scan(needle)
-    if not found:
-        if not unsure:
-            return 0  # the common case: nothing left, and no process we could have missed
-        # A process inside execve() shows an empty environment for a moment: look again.
-        time.sleep(_POLL_INTERVAL)
-        if not sweep(signal.SIGTERM, set()):
-            return 0
-    else:
-        sweep(signal.SIGTERM, set())
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        time.sleep(_POLL_INTERVAL)
-        # Also catches children forked after the first sweep.
-        if not sweep(signal.SIGTERM, set(signalled)):
-            return len(signalled)
-    for _ in range(_KILL_SWEEPS):  # bounded: a fork loop could otherwise keep us here
-        if not sweep(signal.SIGKILL, set()):
-            break
-        time.sleep(_POLL_INTERVAL)
-    return len(signalled)
-
-
 @dataclass(frozen=True)
 class _Paths:
     root: Path
@@ -423,75 +376,13 @@ class _Running:
 class _WorkerState:
     groups: set[int] = field(default_factory=set)
     running: dict[str, _Running] = field(default_factory=dict)
-    drained: dict[int, asyncio.AbstractEventLoop] = field(default_factory=dict)
-    closed: bool = False
+    drainer: PipeDrainer = field(default_factory=PipeDrainer)
 
     def detach(self, fd: int) -> None:
-        """Keep reading a pipe that background processes still hold, discarding it."""
-        if self.closed:
-            _close(fd)
-            return
-        loop = asyncio.get_running_loop()
-        self.drained[fd] = loop
-        loop.add_reader(fd, self._discard, fd)
-
-    def _discard(self, fd: int) -> None:
-        try:
-            data = os.read(fd, _READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._stop_draining(fd)
-
-    def _stop_draining(self, fd: int) -> None:
-        loop = self.drained.pop(fd, None)
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(fd)
-        _close(fd)
+        self.drainer.detach(fd)
 
     def close(self) -> None:
-        self.closed = True
-        for fd in list(self.drained):
-            self._stop_draining(fd)
-
-
-class _ShellError(Exception):
-    def __init__(self, exit_code: int, message: str) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _shell_template(shell: str | None, search_path: str) -> tuple[list[str], str]:
-    """The shell's command line with ``{0}`` for the script, executable resolved; and suffix."""
-    if shell is None:
-        shell = "bash" if shutil.which("bash", path=search_path) else "sh"
-    if shell in _SHELLS:
-        words, suffix = list(_SHELLS[shell][0]), _SHELLS[shell][1]
-    else:
-        try:
-            words, suffix = shlex.split(shell), ""
-        except ValueError as exc:
-            raise _ShellError(EXIT_NOT_FOUND, f"cannot parse shell {shell!r}: {exc}") from None
-        if not words:
-            raise _ShellError(EXIT_NOT_FOUND, f"cannot parse shell {shell!r}")
-        if not any("{0}" in word for word in words):
-            words.append("{0}")
-    if "{0}" in words[0] or "/" in words[0]:
-        return words, suffix  # a path (or the script itself): the spawn reports failures
-    found = shutil.which(words[0], path=search_path)
-    if found is None and shell == "python":
-        found = sys.executable
-    if found is None:
-        raise _ShellError(EXIT_NOT_FOUND, f"shell {words[0]!r} not found on PATH")
-    words[0] = found
-    return words, suffix
-
-
-def _fill(template: list[str], script: Path, *, pwsh: bool) -> list[str]:
-    path = str(script).replace("'", "''") if pwsh else str(script)
-    return [word.replace("{0}", path) for word in template]
+        self.drainer.close()
 
 
 def _inside(workspace: Path, relative: str | None) -> Path:
@@ -501,294 +392,6 @@ def _inside(workspace: Path, relative: str | None) -> Path:
     if target != base and base not in target.parents:
         raise PathEscapeError(f"working directory {relative!r} is outside the workspace")
     return target
-
-
-class _Pipe:
-    """Reads one output pipe of a step into lines until EOF or until told the step exited."""
-
-    def __init__(self, fd: int, stream: Stream, emit: _Emit) -> None:
-        self.fd = fd
-        self._stream: Stream = stream
-        self._emit = emit
-        self._lines = _LineSplitter()
-        self._exited = False
-        self._waiter: asyncio.Future[None] | None = None
-        os.set_blocking(fd, False)
-
-    def notify_exit(self) -> None:
-        self._exited = True
-        self._wake()
-
-    async def pump(self) -> bool:
-        """Forward lines; return True at EOF, False when background processes hold the pipe."""
-        budget: int | None = None
-        eof = False
-        while True:
-            if budget is None and self._exited:
-                # Everything the step wrote before exiting is in the pipe now: forward that
-                # much and no more, since background processes may write forever.
-                budget = _pending_bytes(self.fd)
-            if budget is not None and budget <= 0:
-                break
-            try:
-                data = os.read(self.fd, _READ_CHUNK if budget is None else min(budget, _READ_CHUNK))
-            except BlockingIOError:
-                if budget is not None:
-                    break
-                await self._readable()
-                continue
-            if not data:
-                eof = True
-                break
-            if budget is not None:
-                budget -= len(data)
-            for line in self._lines.feed(data):
-                await self._emit(self._stream, line)
-        tail = self._lines.flush()
-        if tail is not None:
-            await self._emit(self._stream, tail)
-        return eof
-
-    async def _readable(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
-        loop.add_reader(self.fd, self._wake)
-        try:
-            await self._waiter
-        finally:
-            loop.remove_reader(self.fd)
-            self._waiter = None
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-
-class _LineSplitter:
-    """Bytes in, lines out: without their newline (or CRLF), at most MAX_LINE_BYTES each."""
-
-    def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
-        self._limit = limit
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        buffer = self._buffer
-        buffer += data
-        lines: list[bytes] = []
-        start = 0
-        while True:
-            newline = buffer.find(b"\n", start, start + self._limit + 1)
-            if newline >= 0:
-                lines.append(bytes(buffer[start:newline]).removesuffix(b"\r"))
-                start = newline + 1
-            elif len(buffer) - start > self._limit:
-                cut = _utf8_boundary(buffer, start + self._limit)
-                lines.append(bytes(buffer[start:cut]))
-                start = cut
-            else:
-                break
-        del buffer[:start]
-        return lines
-
-    def flush(self) -> bytes | None:
-        if not self._buffer:
-            return None
-        tail = bytes(self._buffer).removesuffix(b"\r")
-        self._buffer.clear()
-        return tail
-
-
-def _utf8_boundary(buffer: bytearray, cut: int) -> int:
-    """Move ``cut`` back onto a character start so a split does not garble one."""
-    for back in range(4):
-        if buffer[cut - back] & 0xC0 != 0x80:  # not a continuation byte
-            return cut - back
-    return cut  # not UTF-8 anyway
-
-
-def _pending_bytes(fd: int) -> int:
-    try:
-        raw = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
-    except OSError:
-        return _FALLBACK_DRAIN  # reads stop at the first empty read anyway
-    value: int = struct.unpack("i", raw)[0]
-    return value
-
-
-async def _until_exit(
-    waiter: asyncio.Future[int],
-    cancel: asyncio.Event,
-    timeout: float | None,
-    pumps: Sequence[asyncio.Future[bool]],
-) -> _Stop | None:
-    """Wait for the main process to exit, a cancel or the timeout; re-raise a sink's error."""
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    cancelled = asyncio.ensure_future(cancel.wait())
-    pending: set[asyncio.Future[Any]] = {waiter, cancelled, *pumps}
-    try:
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            done, pending = await asyncio.wait(
-                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
-            for pump in pumps:
-                if pump in done:
-                    pump.result()  # a pump ends early at EOF, or raising what the sink raised
-            if waiter.done():
-                return None
-            if cancel.is_set():
-                return "cancelled"
-            if not done:
-                return "timed_out"
-    finally:
-        cancelled.cancel()
-
-
-async def _kill_tree(leader: int, grace: float) -> None:
-    """SIGTERM what a step started, SIGKILL it after ``grace`` s; return once it is gone."""
-    if not await asyncio.to_thread(_signal_tree, leader, signal.SIGTERM, signal.SIGCONT):
-        return
-    if await _wait_gone(leader, grace):
-        return
-    await asyncio.to_thread(_signal_tree, leader, signal.SIGKILL)
-    await _wait_gone(leader, _SIGKILL_WAIT)
-
-
-async def _wait_gone(leader: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while await asyncio.to_thread(_tree_alive, leader):
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(_POLL_INTERVAL)
-    return True
-
-
-def _signal_tree(leader: int, *signals: signal.Signals) -> bool:
-    """Signal the step's process group and session; False if nobody was there."""
-    # The session also holds what left the group (``timeout(1)``, ``set -m`` jobs); only
-    # ``setsid`` leaves both, and destroy's environment scan catches that.
-    members = _tree_members(leader) or []
-    sent = False
-    for sig in signals:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(leader, sig)
-            sent = True
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-                sent = True
-    return sent
-
-
-def _group_empty(leader: int) -> bool:
-    """Cheap check for the common case: no process at all is left in the step's group.
-
-    Processes that only kept the session (rare) are found by destroy's environment scan.
-    """
-    try:
-        os.killpg(leader, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return False
-
-
-def _tree_alive(leader: int) -> bool:
-    """True while a process of the step's group or session is alive (zombies do not count)."""
-    members = _tree_members(leader)
-    if members is not None:
-        return bool(members)
-    try:  # no /proc: killpg cannot tell zombies apart, but it is all there is
-        os.killpg(leader, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def _tree_members(leader: int) -> list[int] | None:
-    """Live pids whose process group or session is ``leader``'s; None without /proc."""
-    if not _has_proc():
-        return None
-    wanted = str(leader)
-    members = []
-    for pid in _proc_pids():
-        fields = _stat_fields(pid)
-        # Orphans whose reaper never reaps (PID 1 in many containers) stay zombies forever.
-        if fields and fields[0] not in ("Z", "X") and wanted in (fields[2], fields[3]):
-            members.append(pid)
-    return members
-
-
-def _has_proc() -> bool:
-    return Path("/proc/self/stat").exists()
-
-
-def _proc_pids() -> list[int]:
-    try:
-        return [int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit()]
-    except OSError:
-        return []
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """``/proc/<pid>/stat`` from the state field on: [state, ppid, pgrp, session, ...]."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: fields start after the last ")".
-    return data[data.rfind(b")") + 2 :].decode("ascii", errors="replace").split()
-
-
-def _pids_with_env(needle: bytes) -> set[int]:
-    return _scan(needle)[0]
-
-
-def _scan(needle: bytes) -> tuple[set[int], bool]:
-    """Pids whose environment holds ``needle``, and whether some live user process showed
-    an empty environment (one inside execve() does for a moment, so it may be ours)."""
-    if not _has_proc():
-        return set(), False
-    me = os.getpid()
-    found: set[int] = set()
-    unsure = False
-    for pid in _proc_pids():
-        if pid == me:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                environ = handle.read()
-        except OSError:
-            continue  # gone, or another user's process
-        if not environ:
-            # Zombies and kernel threads read as empty too; only others are in doubt.
-            unsure = unsure or _live_user_process(pid)
-        elif needle in environ.split(b"\0"):
-            found.add(pid)
-    return found, unsure
-
-
-_PF_KTHREAD = 0x00200000
-
-
-def _live_user_process(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] != b"Z" and not int(fields[6]) & _PF_KTHREAD
-
-
-def _close(*fds: int) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 def _ms_since(started: float) -> float:
