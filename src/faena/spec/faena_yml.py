@@ -7,17 +7,15 @@ The format is documented in ``docs/pipeline-format.md``.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
-import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from faena.domain import dag, expressions
 from faena.domain.durations import parse_cpu, parse_duration, parse_size
-from faena.domain.errors import SpecValidationError, ValidationIssue
+from faena.domain.errors import SpecValidationError
 from faena.domain.matrix import combinations
 from faena.domain.spec import (
     BACKOFFS,
@@ -29,6 +27,7 @@ from faena.domain.spec import (
     RetryPolicy,
     StepSpec,
 )
+from faena.spec.node_reader import NodeReader, hint, join_path, sorted_issues
 from faena.spec.yaml_positions import (
     MappingNode,
     Node,
@@ -43,8 +42,6 @@ __all__ = ["parse_pipeline"]
 
 T = TypeVar("T")
 
-_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-_ID_RULE = "use letters, digits, '-' and '_', starting with a letter or '_'"
 SHELLS = ("bash", "sh", "python", "pwsh")
 STEP_NAME_MAX = 60
 MAX_ATTEMPTS = 100
@@ -128,112 +125,15 @@ def parse_pipeline(text: str, filename: str = "faena.yml") -> PipelineSpec:
     reader.issues.extend(issues)
     spec = reader.pipeline(root)
     if reader.issues or spec is None:
-        raise SpecValidationError(issues=_sorted(reader.issues))
+        raise SpecValidationError(issues=sorted_issues(reader.issues))
     return spec
 
 
-def _sorted(issues: list[ValidationIssue]) -> list[ValidationIssue]:
-    return sorted(issues, key=lambda i: (i.line, i.column))
-
-
-def _hint(name: str, choices: Collection[str]) -> str:
-    match = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-class _Reader:
+class _Reader(NodeReader):
     """One validation pass over a pipeline file; ``issues`` collects every problem."""
 
     def __init__(self, filename: str) -> None:
-        self.filename = filename
-        self.issues: list[ValidationIssue] = []
-
-    # -- reporting and basic types -----------------------------------------------------
-
-    def issue(self, node: Node | None, path: str, message: str) -> None:
-        self.issues.append(
-            ValidationIssue(
-                message,
-                path=path,
-                file=self.filename,
-                line=node.line if node else 0,
-                column=node.column if node else 0,
-            )
-        )
-
-    def expected(self, node: Node, path: str, what: str) -> None:
-        self.issue(node, path, f"expected {what}, got {describe(node)}")
-
-    def mapping(
-        self, node: Node, path: str, allowed: Collection[str], *, extensions: bool = False
-    ) -> MappingNode | None:
-        """``node`` as a mapping whose keys are all in ``allowed`` (unknown keys reported).
-
-        With ``extensions``, ``x-*`` keys are ignored: a place to keep YAML anchors.
-        """
-        if not isinstance(node, MappingNode):
-            self.expected(node, path, "a mapping")
-            return None
-        for key, key_node in node.keys.items():
-            if key in allowed or (extensions and key.startswith("x-")):
-                continue
-            if key in _UNSUPPORTED:
-                message = _UNSUPPORTED[key]
-            else:
-                message = f"unknown field '{key}'{_hint(key, allowed)}"
-            self.issue(key_node, _join(path, key), message)
-        return node
-
-    def string(self, node: Node, path: str, *, empty: bool = False) -> str | None:
-        """A string; numbers are taken as written (``1.10`` stays ``"1.10"``)."""
-        if isinstance(node, ScalarNode) and not isinstance(node.value, bool | None):
-            text = node.raw if not isinstance(node.value, str) else node.value
-            if not empty and not text.strip():
-                self.issue(node, path, "must not be empty")
-                return None
-            return text
-        self.expected(node, path, "a string")
-        return None
-
-    def boolean(self, node: Node, path: str) -> bool | None:
-        if isinstance(node, ScalarNode) and isinstance(node.value, bool):
-            return node.value
-        self.expected(node, path, "a boolean (true or false)")
-        return None
-
-    def integer(
-        self, node: Node, path: str, minimum: int, maximum: int | None = None
-    ) -> int | None:
-        value = node.value if isinstance(node, ScalarNode) else None
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.expected(node, path, "an integer")
-            return None
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            self.issue(node, path, f"must be {bound}, got {value}")
-            return None
-        return value
-
-    def identifier(self, node: Node, path: str, what: str, text: str) -> bool:
-        if _ID.fullmatch(text):
-            return True
-        self.issue(node, path, f"invalid {what} '{text}': {_ID_RULE}")
-        return False
-
-    def quantity(self, node: Node, path: str, parse: Callable[[object], T]) -> T | None:
-        """A duration, size or cpu value parsed by one of ``faena.domain.durations``."""
-        if not isinstance(node, ScalarNode) or node.value is None:
-            self.expected(node, path, "a number or a string with a unit")
-            return None
-        try:
-            return parse(node.value)
-        except ValueError as exc:
-            self.issue(node, path, str(exc))
-            return None
+        super().__init__(filename, unsupported=_UNSUPPORTED)
 
     # -- expressions ---------------------------------------------------------------------
 
@@ -374,7 +274,7 @@ class _Reader:
             return {}
         env: dict[str, str] = {}
         for key, value in node.items.items():
-            where = _join(path, key)
+            where = join_path(path, key)
             if not key or "=" in key or "\0" in key:
                 self.issue(node.keys[key], where, f"invalid variable name '{key}'")
                 continue
@@ -426,7 +326,7 @@ class _Reader:
             self.issue(
                 node,
                 path,
-                f"unknown shell '{text}'{_hint(text, SHELLS)}: use {', '.join(SHELLS)} "
+                f"unknown shell '{text}'{hint(text, SHELLS)}: use {', '.join(SHELLS)} "
                 "or a command with {0} for the script file (e.g. 'bash -e {0}')",
             )
             return None
@@ -631,7 +531,7 @@ class _Reader:
                 self.issue(
                     items["backoff"],
                     f"{path}.backoff",
-                    f"unknown backoff '{text}'{_hint(text, BACKOFFS)}: use {', '.join(BACKOFFS)}",
+                    f"unknown backoff '{text}'{hint(text, BACKOFFS)}: use {', '.join(BACKOFFS)}",
                 )
         delay = 0.0
         if "delay" in items:
@@ -816,7 +716,7 @@ class _Reader:
                         self.issue(
                             key_node,
                             f"{where}.{key}",
-                            f"'{key}' is not an axis of the matrix{_hint(key, axes)}",
+                            f"'{key}' is not an axis of the matrix{hint(key, axes)}",
                         )
             rules.append({k: to_python(v) for k, v in item.items.items()})
         return rules
@@ -959,15 +859,15 @@ def _reference_problem(ref: tuple[str, ...], scope: _Scope) -> str | None:
             return f"references the matrix, but job '{scope.job}' has no matrix"
         keys = scope.matrix_keys
         if name is not None and keys is not None and not _contains(keys, name):
-            return f"unknown matrix key '{name}'{_hint(name, keys)}"
+            return f"unknown matrix key '{name}'{hint(name, keys)}"
     elif head == "steps":
         if scope.steps is None:
             return "the steps context is only available in steps and job outputs"
         if name is not None and not _contains(scope.steps, name):
-            return f"unknown step id '{name}'{_hint(name, scope.steps)}"
+            return f"unknown step id '{name}'{hint(name, scope.steps)}"
         field = ref[2].lower() if len(ref) > 2 and ref[2] != "*" else None
         if field is not None and field not in _STEP_FIELDS:
-            return f"steps.{name} has no '{ref[2]}'{_hint(ref[2], _STEP_FIELDS)}"
+            return f"steps.{name} has no '{ref[2]}'{hint(ref[2], _STEP_FIELDS)}"
     elif head == "job":
         if scope.steps is None:
             return "the job context is only available in steps (job.status)"
@@ -975,9 +875,9 @@ def _reference_problem(ref: tuple[str, ...], scope: _Scope) -> str | None:
             return f"the job context has only 'status', not '{name}'"
     elif head == "faena":
         if name is not None and name.lower() not in _FAENA_FIELDS:
-            return f"the faena context has no '{name}'{_hint(name, _FAENA_FIELDS)}"
+            return f"the faena context has no '{name}'{hint(name, _FAENA_FIELDS)}"
     elif head not in CONTEXTS:
-        return f"unknown context '{ref[0]}'{_hint(ref[0], CONTEXTS)}; known: {', '.join(CONTEXTS)}"
+        return f"unknown context '{ref[0]}'{hint(ref[0], CONTEXTS)}; known: {', '.join(CONTEXTS)}"
     return None
 
 
