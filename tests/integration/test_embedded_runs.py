@@ -437,6 +437,7 @@ class BrokenProvider:
     """A provider whose exec hits a bug (not a ProviderError) or whose create fails."""
 
     name = "broken"
+    enforces: frozenset[str] = frozenset()
 
     def __init__(self, inner: Any, mode: str) -> None:
         self.inner = inner
@@ -455,8 +456,8 @@ class BrokenProvider:
     async def cancel(self, worker: Any, exec_id: str) -> None:
         await self.inner.cancel(worker, exec_id)
 
-    async def destroy(self, worker: Any) -> None:
-        await self.inner.destroy(worker)
+    async def destroy(self, worker: Any, keep_for: float | None = None) -> None:
+        await self.inner.destroy(worker, keep_for)
 
 
 async def run_with(tmp_path: Path, mode: str) -> tuple[Any, BrokenProvider]:

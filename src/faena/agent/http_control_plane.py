@@ -170,10 +170,15 @@ class HttpControlPlane:
         self._queue("worker_created", assignment_id, job_id, args)
 
     async def worker_failed(
-        self, assignment_id: str, job_id: str, worker_id: str, message: str
+        self,
+        assignment_id: str,
+        job_id: str,
+        worker_id: str,
+        message: str,
+        retryable: bool = True,
     ) -> None:
-        self._queue("worker_failed", assignment_id, job_id,
-                    {"worker_id": worker_id, "message": message})  # fmt: skip
+        args = {"worker_id": worker_id, "message": message, "retryable": retryable}
+        self._queue("worker_failed", assignment_id, job_id, args)
         await self.drain()
 
     async def worker_terminated(

@@ -28,7 +28,12 @@ class ControlPlane(Protocol):
     ) -> None: ...
 
     async def worker_failed(
-        self, assignment_id: str, job_id: str, worker_id: str, message: str
+        self,
+        assignment_id: str,
+        job_id: str,
+        worker_id: str,
+        message: str,
+        retryable: bool = True,
     ) -> None: ...
 
     async def worker_terminated(

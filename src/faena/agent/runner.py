@@ -218,13 +218,24 @@ class JobRunner:
             self._live.pop(assignment_id, None)
 
     async def _run_accepted(self, a: Assignment, worker_id: str, live: _Live) -> None:
-        request = WorkerRequest(worker_id, a.run_id, a.job_id, a.job.image, self._labels)
+        job = a.job
+        request = WorkerRequest(
+            worker_id,
+            a.run_id,
+            a.job_id,
+            job.image,
+            self._labels,
+            resources=job.resources,
+            services=tuple(job.services),
+        )
         try:
             worker = await self._provider.create(request)
         except ProviderError as exc:
             with contextlib.suppress(ProviderError):
                 await self._provider.destroy(Worker(worker_id, self._provider.name, ""))
-            await self._control.worker_failed(a.assignment_id, a.job_id, worker_id, exc.message)
+            await self._control.worker_failed(
+                a.assignment_id, a.job_id, worker_id, exc.message, exc.retryable
+            )
             return
         live.worker = worker
         state = _JobState()
@@ -244,8 +255,10 @@ class JobRunner:
         await self._control.job_finished(a.assignment_id, a.job_id, result)
 
     async def _destroy(self, a: Assignment, worker: Worker, code: int) -> None:
+        # A failed job's worker may stay (stopped) for inspection: keep-failed.
+        keep_for = a.job.keep_failed if code else None
         try:
-            await self._provider.destroy(worker)
+            await self._provider.destroy(worker, keep_for)
         except ProviderError:
             log.exception("could not destroy worker %s", worker.worker_id)
         await self._control.worker_terminated(a.assignment_id, a.job_id, worker.worker_id, code)

@@ -112,6 +112,7 @@ class _WorkerCreated(_Body):
 class _WorkerFailed(_Body):
     worker_id: Id
     message: Text
+    retryable: bool = True
 
 
 class _WorkerTerminated(_Body):

@@ -43,6 +43,28 @@ class Resources:
     cpu: float = 0.0
     memory: int = 0
     gpu: int = 0
+    pids: int = 0
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How to tell a service is ready: ``cmd`` (a shell command in its container) exits 0."""
+
+    cmd: str
+    interval: float = 1.0
+    timeout: float = 5.0
+    retries: int = 60
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A sidecar container next to a job (a database, a cache), reached at localhost."""
+
+    name: str
+    image: str
+    env: dict[str, str] = field(default_factory=dict)
+    command: list[str] | None = None
+    health: HealthCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,9 @@ class JobSpec:
     resources: Resources = field(default_factory=Resources)
     runs_on: list[str] = field(default_factory=list)
     image: str | None = None
+    services: list[ServiceSpec] = field(default_factory=list)
+    # Seconds to keep a failed job's stopped worker for inspection before it is reaped.
+    keep_failed: float | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     shell: str | None = None
     working_directory: str | None = None
@@ -152,7 +177,16 @@ def job_from_dict(data: dict[str, Any]) -> JobSpec:
             "strategy": strategy,
             "retry": RetryPolicy(**data.get("retry") or {}),
             "resources": Resources(**data.get("resources") or {}),
+            "services": [service_from_dict(s) for s in data.get("services") or ()],
         }
+    )
+
+
+def service_from_dict(data: dict[str, Any]) -> ServiceSpec:
+    """A ServiceSpec from its ``asdict`` form."""
+    health = data.get("health")
+    return ServiceSpec(
+        **{**_known(ServiceSpec, data), "health": HealthCheck(**health) if health else None}
     )
 
 

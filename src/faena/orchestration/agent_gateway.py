@@ -65,7 +65,9 @@ class AgentGateway:
         elif r.kind == "worker_created":
             await cp.worker_created(a, j, args["worker_id"], args["provider"], args["info"])
         elif r.kind == "worker_failed":
-            await cp.worker_failed(a, j, args["worker_id"], args["message"])
+            await cp.worker_failed(
+                a, j, args["worker_id"], args["message"], args.get("retryable", True)
+            )
         elif r.kind == "worker_terminated":
             await cp.worker_terminated(a, j, args["worker_id"], args["exit_code"])
         elif r.kind == "step_started":

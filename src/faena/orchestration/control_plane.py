@@ -30,9 +30,14 @@ class InProcessControlPlane:
         await self._o.worker_created(assignment_id, job_id, worker_id, provider, info, wait=False)
 
     async def worker_failed(
-        self, assignment_id: str, job_id: str, worker_id: str, message: str
+        self,
+        assignment_id: str,
+        job_id: str,
+        worker_id: str,
+        message: str,
+        retryable: bool = True,
     ) -> None:
-        await self._o.worker_failed(assignment_id, job_id, worker_id, message)
+        await self._o.worker_failed(assignment_id, job_id, worker_id, message, retryable)
 
     async def worker_terminated(
         self, assignment_id: str, job_id: str, worker_id: str, exit_code: int

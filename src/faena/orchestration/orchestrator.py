@@ -655,9 +655,15 @@ class Orchestrator:
         await self._fenced_call(assignment_id, job_id, command, None, wait=wait)
 
     async def worker_failed(
-        self, assignment_id: str, job_id: str, worker_id: str, message: str
+        self,
+        assignment_id: str,
+        job_id: str,
+        worker_id: str,
+        message: str,
+        retryable: bool = True,
     ) -> None:
-        """The provider could not give a worker: re-queue without using the job's attempts."""
+        """The provider could not give a worker: re-queue without using the job's attempts,
+        or fail the job at once when trying again cannot help (``retryable=False``)."""
 
         def command(tx: _Tx, h: _Handle, job: JobRun) -> None:
             if job.state is not JobState.RUNNING:
@@ -672,7 +678,7 @@ class Orchestrator:
                     "message": message,
                 },
             )
-            if job.infra_retries < MAX_INFRA_RETRIES and not job.cancel_requested:
+            if retryable and job.infra_retries < MAX_INFRA_RETRIES and not job.cancel_requested:
                 tx.emit(h, *progress.request_action(job_id, job.attempt + 1, "infra"))
             else:
                 tx.emit(

@@ -120,6 +120,7 @@ class WorkerPool:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = provider.name
+        self.enforces = provider.enforces
         self._provider = provider
         self.max_warm = max_warm
         self._history = history
@@ -266,7 +267,7 @@ class WorkerPool:
     async def cancel(self, worker: Worker, exec_id: str) -> None:
         await self._provider.cancel(self._inner(worker), exec_id)
 
-    async def destroy(self, worker: Worker) -> None:
+    async def destroy(self, worker: Worker, keep_for: float | None = None) -> None:
         """Destroy the worker; a warm one is finished (it served its job)."""
         warm = self._jobs.get(worker.worker_id)
         if warm is None:
@@ -274,11 +275,11 @@ class WorkerPool:
             if direct is not None and direct.state == "idle":
                 await self.end(worker.worker_id)
                 return
-            await self._provider.destroy(worker)
+            await self._provider.destroy(worker, keep_for)
             self._direct.discard(worker.worker_id)
             return
         if warm.worker is not None:
-            await self._provider.destroy(warm.worker)
+            await self._provider.destroy(warm.worker, keep_for)
         async with self._lock:
             self._jobs.pop(worker.worker_id, None)
             if warm.state == "busy":

@@ -3,7 +3,10 @@
 Lifecycle, per job attempt: ``create`` once, ``exec`` once per step (in order, one at a
 time), ``destroy`` always, whatever happened before. ``destroy`` is idempotent and safe to
 call even if ``create`` failed halfway; afterwards no process of the worker is left
-running. ``create`` is idempotent by ``worker_id``. ``cancel`` may be called concurrently
+running (with ``keep_for``, its stopped remains stay that long for inspection and are
+reaped after). ``create`` is idempotent by ``worker_id``; it starts the request's
+``services`` and waits for them to be healthy, and enforces its ``resources`` where the
+provider can (``enforces`` names which). ``cancel`` may be called concurrently
 with ``exec`` from another task and makes that ``exec`` return promptly with
 ``cancelled=True``. Providers raise ``ProviderError`` (WKM-PROV) for infrastructure
 failures, which the platform retries without using the job's attempts.
@@ -16,14 +19,23 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from faena.domain.errors import ErrorCode, FaenaError
+from faena.domain.spec import Resources, ServiceSpec
 
 Stream = Literal["stdout", "stderr"]
 
 
 class ProviderError(FaenaError):
-    """The provider could not create, run in or destroy a worker."""
+    """The provider could not create, run in or destroy a worker.
+
+    ``retryable=False`` marks what trying again cannot fix (an image that is not there, a
+    service that never became healthy): the job fails at once instead of being re-queued.
+    """
 
     code = ErrorCode.WKM_PROV
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class PathEscapeError(FaenaError):
@@ -41,6 +53,8 @@ class WorkerRequest:
     job_id: str
     image: str | None = None
     labels: tuple[str, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    services: tuple[ServiceSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,8 @@ class WorkerProvider(Protocol):
     """Creates ephemeral workers, runs steps in them and destroys them."""
 
     name: str
+    # The ``Resources`` fields this provider enforces ("cpu", "memory", "pids").
+    enforces: frozenset[str]
 
     async def create(self, request: WorkerRequest) -> Worker:
         """Start a worker with an empty workspace; idempotent by ``worker_id``."""
@@ -105,6 +121,7 @@ class WorkerProvider(Protocol):
         """Stop a running exec and its whole process tree; no-op if it already ended."""
         ...
 
-    async def destroy(self, worker: Worker) -> None:
-        """Stop everything left in the worker and release it; idempotent."""
+    async def destroy(self, worker: Worker, keep_for: float | None = None) -> None:
+        """Stop everything left in the worker and release it; idempotent. ``keep_for``:
+        seconds to leave its stopped remains for inspection before they are reaped."""
         ...

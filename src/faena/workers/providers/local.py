@@ -90,6 +90,8 @@ class LocalProvider:
     """Runs workers as directories and steps as local process groups."""
 
     name = "local"
+    # Limits are not enforced on bare processes: the docker and kubernetes providers do.
+    enforces: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -257,9 +259,11 @@ class LocalProvider:
         if asyncio.current_task() not in running.tasks:
             await running.done.wait()
 
-    async def destroy(self, worker: Worker) -> None:
-        """Kill every process of the worker, then remove its directory; idempotent."""
+    async def destroy(self, worker: Worker, keep_for: float | None = None) -> None:
+        """Kill every process of the worker, then remove its directory (with ``keep_for``,
+        leave it that long: ``sweep_leftovers`` reaps it once due); idempotent."""
         paths = self._paths(worker.worker_id)
+        keep = self._keep_workspace or keep_for is not None
         state = self._workers.pop(worker.worker_id, None)
         if state is not None:
             for running in state.running.values():
@@ -269,7 +273,9 @@ class LocalProvider:
             # The common case, in one thread hop: sweep, then remove the directory.
             if state is not None:
                 state.close()
-            trash = await asyncio.to_thread(self._sweep_and_remove, worker.worker_id, paths)
+            trash = await asyncio.to_thread(
+                self._sweep_and_remove, worker.worker_id, paths, keep, keep_for
+            )
             if trash is not None:
                 # The workspace is gone from its path already; deleting its files (slow on
                 # some filesystems) happens off the job's critical path.
@@ -286,17 +292,21 @@ class LocalProvider:
                         timeout=self._kill_grace + SIGKILL_WAIT,
                     )
             state.close()
-        if self._keep_workspace or not paths.root.exists():
+        if keep or not paths.root.exists():
+            _mark_kept(paths, keep_for)
             return
         try:
             await asyncio.to_thread(_rmtree, paths.root)
         except OSError as exc:
             raise ProviderError(f"cannot remove worker {worker.worker_id!r}: {exc}") from exc
 
-    def _sweep_and_remove(self, worker_id: str, paths: _Paths) -> Path | None:
+    def _sweep_and_remove(
+        self, worker_id: str, paths: _Paths, keep: bool, keep_for: float | None
+    ) -> Path | None:
         """Kill what is left, then move the worker's directory to the trash (returned)."""
         kill_worker_processes(worker_id, self._kill_grace)
-        if self._keep_workspace or not paths.root.exists():
+        if keep or not paths.root.exists():
+            _mark_kept(paths, keep_for)
             return None
         trash = self._root / _TRASH / f"{worker_id}-{os.urandom(4).hex()}"
         try:
@@ -316,10 +326,14 @@ class LocalProvider:
         too); returns how many. Only for a root this process owns alone."""
         if not self._root.is_dir():
             return 0
+        now = time.time()
         names = [
             entry.name
             for entry in self._root.iterdir()
-            if entry.is_dir() and not entry.name.startswith(".") and entry.name != _TRASH
+            if entry.is_dir()
+            and not entry.name.startswith(".")
+            and entry.name != _TRASH
+            and _reap_after(entry) <= now
         ]
         for name in names:
             await self.destroy(Worker(name, self.name, ""))
@@ -383,6 +397,23 @@ class _WorkerState:
 
     def close(self) -> None:
         self.drainer.close()
+
+
+_KEPT_UNTIL = "kept-until"  # beside workspace/ and temp/: epoch seconds, for keep-failed
+
+
+def _mark_kept(paths: _Paths, keep_for: float | None) -> None:
+    if keep_for is not None and paths.root.is_dir():
+        with contextlib.suppress(OSError):
+            (paths.root / _KEPT_UNTIL).write_text(f"{time.time() + keep_for:.0f}\n")
+
+
+def _reap_after(root: Path) -> float:
+    """When a kept worker's directory may be reaped; 0 (now) for any other."""
+    try:
+        return float((root / _KEPT_UNTIL).read_text())
+    except (OSError, ValueError):
+        return 0.0
 
 
 def _inside(workspace: Path, relative: str | None) -> Path:
