@@ -485,6 +485,8 @@ class JobRunner:
             return timed_out, result
         if result.exit_code != 0:
             msg = f"exit code {result.exit_code}"
+            if result.reason:
+                msg = f"{result.reason} (exit code {result.exit_code})"
             return replace(base, outcome="failure", error_code="EXEC-FAILED", message=msg), result
         return base, result
 

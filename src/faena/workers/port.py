@@ -90,13 +90,15 @@ class OutputLine:
 
 @dataclass(frozen=True)
 class ExecResult:
-    """How a step ended. ``outputs`` holds what the step wrote to ``$FAENA_OUTPUT``."""
+    """How a step ended. ``outputs`` holds what the step wrote to ``$FAENA_OUTPUT``;
+    ``reason`` what the provider knows of a failure beyond its exit code (out of memory)."""
 
     exit_code: int
     duration_ms: float
     timed_out: bool = False
     cancelled: bool = False
     outputs: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None
 
 
 OutputSink = Callable[[OutputLine], Awaitable[None]]

@@ -26,15 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
-import re
-import shutil
 import signal
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +39,6 @@ from faena.workers.port import (
     ExecResult,
     OutputLine,
     OutputSink,
-    PathEscapeError,
     ProviderError,
     Stream,
     Worker,
@@ -72,6 +66,16 @@ from faena.workers.providers.process_tree import (
     tree_alive,
 )
 from faena.workers.providers.shells import ShellError, fill_template, shell_template
+from faena.workers.providers.worker_dirs import (
+    WorkerPaths,
+    inside,
+    mark_kept,
+    reap_after,
+    rmtree,
+    rmtree_quietly,
+    worker_paths,
+    write_step_files,
+)
 
 __all__ = [
     "EXIT_CANCELLED",
@@ -109,7 +113,7 @@ class LocalProvider:
 
     async def create(self, request: WorkerRequest) -> Worker:
         """Make the worker's workspace and private temp dir; idempotent by ``worker_id``."""
-        paths = self._paths(request.worker_id)
+        paths = worker_paths(self._root, request.worker_id)
         try:
             paths.workspace.mkdir(parents=True, exist_ok=True)
             paths.temp.mkdir(mode=0o700, exist_ok=True)
@@ -121,10 +125,10 @@ class LocalProvider:
     async def exec(self, worker: Worker, request: ExecRequest, sink: OutputSink) -> ExecResult:
         """Run one step as a new process group, streaming its lines to ``sink``."""
         started = time.monotonic()
-        paths = self._paths(worker.worker_id)
+        paths = worker_paths(self._root, worker.worker_id)
         if not paths.workspace.is_dir() or not paths.temp.is_dir():
             raise ProviderError(f"worker {worker.worker_id!r} does not exist or was destroyed")
-        cwd = _inside(paths.workspace, request.working_directory)
+        cwd = inside(paths.workspace, request.working_directory)
         lock = asyncio.Lock()
 
         async def emit(stream: Stream, raw: bytes) -> None:
@@ -140,7 +144,7 @@ class LocalProvider:
             cwd.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             return await fail(1, f"cannot create working directory: {exc}")
-        cwd = _inside(paths.workspace, str(cwd))  # a racing step may have planted a symlink
+        cwd = inside(paths.workspace, str(cwd))  # a racing step may have planted a symlink
 
         shell = request.shell if request.shell and request.shell.strip() else None
         base = os.environ if self._base_env is None else self._base_env
@@ -149,7 +153,7 @@ class LocalProvider:
             template, suffix = shell_template(shell, search_path)
         except ShellError as exc:
             return await fail(exc.exit_code, str(exc))
-        script, output = self._write_files(paths, request, suffix)
+        script, output = write_step_files(paths, request.exec_id, request.script, suffix)
         env = {
             **base,
             **request.env,
@@ -262,7 +266,7 @@ class LocalProvider:
     async def destroy(self, worker: Worker, keep_for: float | None = None) -> None:
         """Kill every process of the worker, then remove its directory (with ``keep_for``,
         leave it that long: ``sweep_leftovers`` reaps it once due); idempotent."""
-        paths = self._paths(worker.worker_id)
+        paths = worker_paths(self._root, worker.worker_id)
         keep = self._keep_workspace or keep_for is not None
         state = self._workers.pop(worker.worker_id, None)
         if state is not None:
@@ -279,7 +283,7 @@ class LocalProvider:
             if trash is not None:
                 # The workspace is gone from its path already; deleting its files (slow on
                 # some filesystems) happens off the job's critical path.
-                removal = asyncio.ensure_future(asyncio.to_thread(_rmtree_quietly, trash))
+                removal = asyncio.ensure_future(asyncio.to_thread(rmtree_quietly, trash))
                 self._removals.add(removal)
                 removal.add_done_callback(self._removals.discard)
             return
@@ -293,20 +297,20 @@ class LocalProvider:
                     )
             state.close()
         if keep or not paths.root.exists():
-            _mark_kept(paths, keep_for)
+            mark_kept(paths, keep_for)
             return
         try:
-            await asyncio.to_thread(_rmtree, paths.root)
+            await asyncio.to_thread(rmtree, paths.root)
         except OSError as exc:
             raise ProviderError(f"cannot remove worker {worker.worker_id!r}: {exc}") from exc
 
     def _sweep_and_remove(
-        self, worker_id: str, paths: _Paths, keep: bool, keep_for: float | None
+        self, worker_id: str, paths: WorkerPaths, keep: bool, keep_for: float | None
     ) -> Path | None:
         """Kill what is left, then move the worker's directory to the trash (returned)."""
         kill_worker_processes(worker_id, self._kill_grace)
         if keep or not paths.root.exists():
-            _mark_kept(paths, keep_for)
+            mark_kept(paths, keep_for)
             return None
         trash = self._root / _TRASH / f"{worker_id}-{os.urandom(4).hex()}"
         try:
@@ -316,7 +320,7 @@ class LocalProvider:
         except OSError:
             pass  # e.g. a read-only parent: remove in place instead
         try:
-            _rmtree(paths.root)
+            rmtree(paths.root)
         except OSError as exc:
             raise ProviderError(f"cannot remove worker {worker_id!r}: {exc}") from exc
         return None
@@ -333,7 +337,7 @@ class LocalProvider:
             if entry.is_dir()
             and not entry.name.startswith(".")
             and entry.name != _TRASH
-            and _reap_after(entry) <= now
+            and reap_after(entry) <= now
         ]
         for name in names:
             await self.destroy(Worker(name, self.name, ""))
@@ -345,38 +349,11 @@ class LocalProvider:
             await asyncio.gather(*self._removals)
         trash = self._root / _TRASH
         if trash.exists():
-            await asyncio.to_thread(_rmtree_quietly, trash)
+            await asyncio.to_thread(rmtree_quietly, trash)
 
-    def _paths(self, worker_id: str) -> _Paths:
-        if not worker_id or worker_id.startswith(".") or "/" in worker_id or "\0" in worker_id:
-            raise PathEscapeError(f"worker id {worker_id!r} is not a plain directory name")
-        root = self._root / worker_id
-        return _Paths(root=root, workspace=root / "workspace", temp=root / "temp")
-
-    def _worker(self, worker_id: str, paths: _Paths) -> Worker:
+    def _worker(self, worker_id: str, paths: WorkerPaths) -> Worker:
         info = {"root": str(paths.root), "workspace": str(paths.workspace), "temp": str(paths.temp)}
         return Worker(worker_id, self.name, str(paths.workspace), info)
-
-    @staticmethod
-    def _write_files(paths: _Paths, request: ExecRequest, suffix: str) -> tuple[Path, Path]:
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.exec_id)[:48] or "step"
-        try:
-            fd, script_name = tempfile.mkstemp(suffix, f"{stem}-", paths.temp)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                handle.write(request.script)
-            Path(script_name).chmod(0o700)  # templates like "{0}" run the script itself
-            fd, output_name = tempfile.mkstemp("", f"{stem}-output-", paths.temp)
-            os.close(fd)
-        except OSError as exc:
-            raise ProviderError(f"cannot write step files for {request.exec_id!r}: {exc}") from exc
-        return Path(script_name), Path(output_name)
-
-
-@dataclass(frozen=True)
-class _Paths:
-    root: Path
-    workspace: Path
-    temp: Path
 
 
 @dataclass
@@ -399,54 +376,5 @@ class _WorkerState:
         self.drainer.close()
 
 
-_KEPT_UNTIL = "kept-until"  # beside workspace/ and temp/: epoch seconds, for keep-failed
-
-
-def _mark_kept(paths: _Paths, keep_for: float | None) -> None:
-    if keep_for is not None and paths.root.is_dir():
-        with contextlib.suppress(OSError):
-            (paths.root / _KEPT_UNTIL).write_text(f"{time.time() + keep_for:.0f}\n")
-
-
-def _reap_after(root: Path) -> float:
-    """When a kept worker's directory may be reaped; 0 (now) for any other."""
-    try:
-        return float((root / _KEPT_UNTIL).read_text())
-    except (OSError, ValueError):
-        return 0.0
-
-
-def _inside(workspace: Path, relative: str | None) -> Path:
-    """``workspace / relative`` with symlinks resolved; PathEscapeError if it leaves it."""
-    base = Path(os.path.realpath(workspace))
-    target = Path(os.path.realpath(base / (relative or ".")))
-    if target != base and base not in target.parents:
-        raise PathEscapeError(f"working directory {relative!r} is outside the workspace")
-    return target
-
-
 def _ms_since(started: float) -> float:
     return (time.monotonic() - started) * 1000.0
-
-
-def _rmtree_quietly(path: Path) -> None:
-    try:
-        _rmtree(path)
-    except OSError:
-        logging.getLogger(__name__).warning("could not remove %s", path, exc_info=True)
-
-
-def _rmtree(path: Path) -> None:
-    def retry(function: Callable[..., object], name: str, _exc: object) -> None:
-        # Steps may leave read-only directories (Go's module cache does): unlock, retry.
-        entry = Path(name)
-        with contextlib.suppress(FileNotFoundError):
-            entry.parent.chmod(0o700)
-            if entry.is_dir() and not entry.is_symlink():
-                entry.chmod(0o700)
-            function(name)
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=retry)

@@ -24,21 +24,26 @@ class ShellError(Exception):
         self.exit_code = exit_code
 
 
+def parse_shell(shell: str) -> tuple[list[str], str]:
+    """A named or custom shell's command line with ``{0}`` for the script, unresolved."""
+    if shell in SHELLS:
+        return list(SHELLS[shell][0]), SHELLS[shell][1]
+    try:
+        words = shlex.split(shell)
+    except ValueError as exc:
+        raise ShellError(EXIT_NOT_FOUND, f"cannot parse shell {shell!r}: {exc}") from None
+    if not words:
+        raise ShellError(EXIT_NOT_FOUND, f"cannot parse shell {shell!r}")
+    if not any("{0}" in word for word in words):
+        words.append("{0}")
+    return words, ""
+
+
 def shell_template(shell: str | None, search_path: str) -> tuple[list[str], str]:
     """The shell's command line with ``{0}`` for the script, executable resolved; and suffix."""
     if shell is None:
         shell = "bash" if shutil.which("bash", path=search_path) else "sh"
-    if shell in SHELLS:
-        words, suffix = list(SHELLS[shell][0]), SHELLS[shell][1]
-    else:
-        try:
-            words, suffix = shlex.split(shell), ""
-        except ValueError as exc:
-            raise ShellError(EXIT_NOT_FOUND, f"cannot parse shell {shell!r}: {exc}") from None
-        if not words:
-            raise ShellError(EXIT_NOT_FOUND, f"cannot parse shell {shell!r}")
-        if not any("{0}" in word for word in words):
-            words.append("{0}")
+    words, suffix = parse_shell(shell)
     if "{0}" in words[0] or "/" in words[0]:
         return words, suffix  # a path (or the script itself): the spawn reports failures
     found = shutil.which(words[0], path=search_path)
