@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 from components import missing
+from docker_env import TOOLS_IMAGE, remove_containers, require_docker
 from faena.workers.port import (
     ExecRequest,
     ExecResult,
@@ -37,6 +38,7 @@ from faena.workers.port import (
     WorkerProvider,
     WorkerRequest,
 )
+from faena.workers.providers.docker import DockerProvider
 from faena.workers.providers.local import LocalProvider, kill_worker_processes
 
 T = TypeVar("T")
@@ -98,8 +100,48 @@ class LocalHarness:
         kill_worker_processes(worker_id, grace=0.5)
 
 
+class DockerHarness:
+    """DockerProvider against the real daemon, in the busybox + bash + python3 test image.
+
+    Steps run in containers of this host's kernel, so their processes (which carry
+    FAENA_WORKER_ID) are found through this host's /proc as the local provider's are.
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        require_docker()
+        self._tmp_path = tmp_path
+        self._root = tmp_path / "workers"
+        self.owner = f"test-{uuid.uuid4().hex[:8]}"
+
+    def provider(self, *, keep_workspace: bool = False) -> WorkerProvider:
+        return DockerProvider(
+            self._root,
+            image=TOOLS_IMAGE,
+            owner=self.owner,
+            network="none",
+            keep_workspace=keep_workspace,
+            kill_grace=KILL_GRACE,
+        )
+
+    def broken_provider(self) -> WorkerProvider:
+        return DockerProvider(
+            self._root, image=TOOLS_IMAGE, owner=self.owner, url="unix:///nonexistent.sock"
+        )
+
+    def live_processes(self, worker_id: str) -> list[int]:
+        # As the steps see them ($$ in a container is its pid namespace's number).
+        return [innermost_pid(p) for p in processes_with_env(f"FAENA_WORKER_ID={worker_id}")]
+
+    def workspace_exists(self, worker: Worker) -> bool:
+        return Path(worker.workspace).exists()
+
+    def cleanup(self, worker_id: str) -> None:
+        remove_containers(f"faena.worker={worker_id}")
+
+
 HARNESSES: dict[str, Callable[[Path], Harness]] = {
     "local": LocalHarness,
+    "docker": DockerHarness,
 }
 
 
@@ -119,6 +161,18 @@ def processes_with_env(variable: str) -> list[int]:
         if state not in (b"Z", b"X") and needle in environ.split(b"\0"):
             found.append(int(entry.name))
     return found
+
+
+def innermost_pid(pid: int) -> int:
+    """A host pid as its own (innermost) pid namespace numbers it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return pid
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    return pid
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["parse_cpu", "parse_duration", "parse_size"]
+__all__ = ["format_size", "parse_cpu", "parse_duration", "parse_size"]
 
 _DURATION_UNITS: dict[str, float] = {
     "ms": 0.001,
@@ -144,3 +144,13 @@ def _whole_bytes(number: float, value: object) -> int:
     if abs(number - rounded) > 1e-6 * max(1.0, number):
         raise ValueError(f"invalid size {value!r}: not a whole number of bytes")
     return int(rounded)
+
+
+def format_size(size: int) -> str:
+    """Bytes as people write limits: ``64 MiB``, ``1.5 GiB``, ``512 B``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:g} {unit}" if unit == "B" else f"{value:.4g} {unit}"
+        value /= 1024
+    return f"{size} B"
