@@ -60,6 +60,8 @@ class FakeProvider:
     live: dict[str, Worker] = field(default_factory=dict)
     destroyed: list[str] = field(default_factory=list)
     kept: dict[str, float | None] = field(default_factory=dict)
+    # Calls of these operations wait for the event to be set before they go on.
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def fail(self, operation: str, *outcomes: Outcome) -> None:
         """The next calls of ``operation`` end so, one outcome each."""
@@ -70,6 +72,9 @@ class FakeProvider:
 
     async def _play(self, operation: str, worker_id: str) -> None:
         self.calls.append((operation, worker_id))
+        gate = self.gates.get(operation)
+        if gate is not None:
+            await gate.wait()
         queue = self.script.get(operation)
         outcome = queue.popleft() if queue else None
         if outcome == HANG:
