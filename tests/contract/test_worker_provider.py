@@ -40,6 +40,7 @@ from faena.workers.port import (
 )
 from faena.workers.providers.docker import DockerProvider
 from faena.workers.providers.local import LocalProvider, kill_worker_processes
+from faena.workers.resilient import ResilientProvider
 
 T = TypeVar("T")
 
@@ -139,9 +140,22 @@ class DockerHarness:
         remove_containers(f"faena.worker={worker_id}")
 
 
+class ResilientLocalHarness(LocalHarness):
+    """LocalProvider behind a ResilientProvider: timeouts, retries and a breaker change
+    nothing the port promises (quick back-off, so the broken provider fails soon)."""
+
+    def provider(self, *, keep_workspace: bool = False) -> WorkerProvider:
+        return ResilientProvider(super().provider(keep_workspace=keep_workspace),
+                                 backoff_base=0.01)  # fmt: skip
+
+    def broken_provider(self) -> WorkerProvider:
+        return ResilientProvider(super().broken_provider(), backoff_base=0.01)
+
+
 HARNESSES: dict[str, Callable[[Path], Harness]] = {
     "local": LocalHarness,
     "docker": DockerHarness,
+    "resilient-local": ResilientLocalHarness,
 }
 
 

@@ -266,11 +266,24 @@ async def test_workers_without_a_local_node(tmp_path: Path) -> None:
         r = await c.post("/api/v1/workers", json={"worker_id": "w1", "pool": "local"})
         assert r.status_code == 409 and r.json()["code"] == "ORC-STATE"
         assert "runs no jobs itself" in r.json()["detail"]
-        assert (await c.get("/api/v1/workers")).json() == {"node_id": None, "items": []}
+        listed = (await c.get("/api/v1/workers")).json()
+        assert listed == {"node_id": None, "items": [], "providers": []}
         r = await c.delete("/api/v1/workers/w1")
         assert r.status_code == 200 and r.json()["ended"] is False
         assert (await c.get("/api/v1/workers/w1")).status_code == 404
         assert (await c.get("/api/v1/workers/w1/logs")).status_code == 404
+
+
+async def test_the_listing_names_the_providers_and_their_breakers(tmp_path: Path) -> None:
+    async with serve(tmp_path, with_agent=True) as s:
+        r = await s.client.post("/api/v1/workers", json={"worker_id": "warm-p"})
+        assert r.status_code == 201, r.text
+        body = (await s.client.get("/api/v1/workers")).json()
+        # The fields clients knew are unchanged; ``providers`` is new.
+        assert body["node_id"] == NODE_ID
+        assert [w["worker_id"] for w in body["items"]] == ["warm-p"]
+        # build_server does not wrap its provider in a ResilientProvider (yet): no breaker.
+        assert body["providers"] == [{"name": "local", "breaker": None, "pools": ["local"]}]
 
 
 async def test_create_and_end_workers(tmp_path: Path) -> None:

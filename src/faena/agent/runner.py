@@ -227,6 +227,7 @@ class JobRunner:
             self._labels,
             resources=job.resources,
             services=tuple(job.services),
+            runs_on=tuple(job.runs_on),
         )
         try:
             worker = await self._provider.create(request)

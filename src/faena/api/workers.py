@@ -17,6 +17,7 @@ from faena.domain.errors import ErrorCode, FaenaError
 from faena.security.port import Principal
 from faena.store.port import Store
 from faena.workers.pool import UnknownWorker, WarmWorker, WorkerPool
+from faena.workers.pools import PoolSet
 from faena.workers.port import ProviderError
 
 CREATE = "worker:create"
@@ -38,12 +39,13 @@ class WorkerBody(BaseModel):
 
 def workers_router(
     *,
-    pool: WorkerPool | None,
+    pool: WorkerPool | PoolSet | None,
     store: Store,
     require: Callable[[str], Callable[..., Awaitable[Principal]]],
     node_id: str = "local",
 ) -> APIRouter:
-    """Routes of the warm pool of ``node_id`` (``pool`` None: this server has no node)."""
+    """Routes of the warm pool of ``node_id`` (``pool`` None: this server has no node);
+    ``pool`` may be a PoolSet of named pools."""
     router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
     Creator = Annotated[Principal, Depends(require(CREATE))]
     Reader = Annotated[Principal, Depends(require(READ))]
@@ -99,10 +101,12 @@ def workers_router(
 
     @router.get("")
     async def listing(_: Reader) -> dict[str, Any]:
-        """The warm workers of this node (live ones, and the newest finished ones)."""
+        """The warm workers of this node (live ones, and the newest finished ones), and
+        its worker providers with their circuit breakers (``breaker`` None: it has none)."""
         items = pool.listing() if pool is not None else []
         return {"node_id": node_id if pool is not None else None,
-                "items": [{**w, "node_id": node_id} for w in items]}  # fmt: skip
+                "items": [{**w, "node_id": node_id} for w in items],
+                "providers": pool.providers() if pool is not None else []}  # fmt: skip
 
     @router.get("/{worker_id}")
     async def get(worker_id: Id, _: Reader) -> dict[str, Any]:

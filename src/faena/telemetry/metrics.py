@@ -76,6 +76,35 @@ class _QueueDepth(Collector):
         return [family]
 
 
+class _BreakerState(Collector):
+    """``wkm_breaker_state{provider}``, read at scrape time from the providers' breakers."""
+
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], Mapping[str, int]]] = []
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "wkm_breaker_state",
+            "Circuit breaker of each worker provider: 0 closed, 1 half-open, 2 open.",
+            labels=["provider"],
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        states: dict[str, int] = {}
+        for source in self.sources:
+            try:
+                states.update(source())
+            except Exception:  # a scrape must not fail because one source did
+                log.warning("breaker state source failed", exc_info=True)
+        for provider, state in sorted(states.items()):
+            family.add_metric([provider], int(state))
+        return [family]
+
+
 class Metrics:
     """faena's metric families on a private registry; ``render`` is the /metrics body."""
 
@@ -143,6 +172,15 @@ class Metrics:
             ["error_code"],
             registry=r,
         )
+        self.wkm_provider_call_failures = Counter(
+            "wkm_provider_call_failures",
+            "Provider calls (each attempt) that failed or timed out, by provider and "
+            "operation (create, exec, cancel, destroy).",
+            ["provider", "operation"],
+            registry=r,
+        )
+        self._breaker_state = _BreakerState()
+        r.register(self._breaker_state)
         # Execution.
         self.exec_step_duration_ms = Histogram(
             "exec_step_duration_ms",
@@ -184,6 +222,15 @@ class Metrics:
     def add_queue_source(self, source: Callable[[], Mapping[str, int]]) -> None:
         """Report ``tel_queue_depth``: ``source()`` maps subject to pending events at scrape."""
         self._queue_depth.sources.append(source)
+
+    def add_breaker_source(self, source: Callable[[], Mapping[str, int]]) -> None:
+        """Report ``wkm_breaker_state``: ``source()`` maps provider name to its breaker's
+        state (0 closed, 1 half-open, 2 open) at scrape time."""
+        self._breaker_state.sources.append(source)
+
+    def provider_call_failed(self, provider: str, operation: str) -> None:
+        """One failed provider call attempt (a ``resilient.CallObserver``)."""
+        self.wkm_provider_call_failures.labels(provider, operation).inc()
 
     def observe_request(self, method: str, route: str, status: int, ms: float) -> None:
         """One HTTP request; ``route`` must be a template, never a raw path."""

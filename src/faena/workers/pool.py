@@ -39,6 +39,7 @@ from faena.workers.port import (
     WorkerProvider,
     WorkerRequest,
 )
+from faena.workers.resilient import provider_status
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,11 @@ class WorkerPool:
         max_warm: int = MAX_WARM,
         history: int = HISTORY,
         clock: Callable[[], float] = time.time,
+        pool_name: str | None = None,
     ) -> None:
         self.name = provider.name
+        # The pool's own name (a PoolSet holds several pools of one provider, maybe).
+        self.pool_name = pool_name or provider.name
         self.enforces = provider.enforces
         self._provider = provider
         self.max_warm = max_warm
@@ -132,12 +136,30 @@ class WorkerPool:
 
     @property
     def pools(self) -> tuple[str, ...]:
-        """The pool names this pool serves: one, its provider's."""
-        return (self.name,)
+        """The pool names this pool serves: one (its provider's name unless named)."""
+        return (self.pool_name,)
+
+    @property
+    def provider(self) -> WorkerProvider:
+        """The provider the pool wraps."""
+        return self._provider
 
     @property
     def idle(self) -> int:
         return sum(1 for w in self._warm.values() if w.state == "idle")
+
+    @property
+    def warming(self) -> int:
+        """Warm workers being created now (idle once their create ends)."""
+        return sum(1 for w in self._warm.values() if w.state == "creating")
+
+    def idle_ids(self) -> list[str]:
+        """The idle warm workers' ids, oldest first (the next job takes the first)."""
+        return [w.worker_id for w in self._warm.values() if w.state == "idle"]
+
+    def providers(self) -> list[dict[str, Any]]:
+        """The provider behind the pool and its breaker (None when it has none)."""
+        return [{**provider_status(self._provider), "pools": [self.pool_name]}]
 
     # -- warm workers ----------------------------------------------------------------------
 
@@ -147,7 +169,7 @@ class WorkerPool:
         """Create an idle worker ahead of demand; answers it and whether this call created
         it. The same id again answers the first one, whatever its state now (idempotent).
         Raises PoolFull, UnknownPool, WorkerInUse, ProviderError."""
-        pool = pool or self.name
+        pool = pool or self.pool_name
         if pool not in self.pools:
             raise UnknownPool(f"no pool {pool!r} here (pools: {', '.join(self.pools)})")
         async with self._lock:

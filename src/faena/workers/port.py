@@ -46,7 +46,8 @@ class PathEscapeError(FaenaError):
 
 @dataclass(frozen=True)
 class WorkerRequest:
-    """What a job attempt needs from its worker."""
+    """What a job attempt needs from its worker. ``labels`` are the node's; ``runs_on``
+    the job's own ``runs-on`` labels, by which a ``PoolSet`` picks a pool."""
 
     worker_id: str
     run_id: str
@@ -55,6 +56,7 @@ class WorkerRequest:
     labels: tuple[str, ...] = ()
     resources: Resources = field(default_factory=Resources)
     services: tuple[ServiceSpec, ...] = ()
+    runs_on: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
