@@ -7,7 +7,10 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +36,9 @@ from faena.store.port import Store
 from faena.store.sql import SqlStore
 from faena.workers.pool import WorkerPool
 from faena.workers.port import Worker, WorkerProvider
+from faena.workers.providers.docker import DockerProvider
 from faena.workers.providers.local import LocalProvider
+from faena.workers.resilient import ResilientProvider
 
 if TYPE_CHECKING:
     from faena.telemetry.metrics import Metrics, MetricsRecorder
@@ -132,8 +137,9 @@ class App:
         self.local = LocalProvider(
             settings.workspaces, keep_workspace=settings.keep_workspace, base_env=step_env()
         )
+        self.chosen = provider or worker_provider(settings, settings.workspaces, self.local)
         # Warm workers (POST /api/v1/workers) are handed to the next jobs of this node.
-        self.pool = WorkerPool(provider or self.local)
+        self.pool = WorkerPool(self.chosen)
         self.provider: WorkerProvider = self.pool
         self.runner = JobRunner(self.provider, InProcessControlPlane(self.orchestrator, self.logs))
         self.local_agent = local_agent
@@ -225,6 +231,8 @@ class App:
         await self.agent.close()
         await self.pool.close()
         await self.local.close()
+        if self.chosen is not self.local and isinstance(self.chosen, ResilientProvider):
+            await self.chosen.close()  # the docker provider's connection to the daemon
         await self.dispatcher.close()
         await self.scheduler.close()
         await self.orchestrator.stop()
@@ -250,10 +258,31 @@ class App:
         await self.bus.publish(requested)
 
 
+PROVIDERS = ("local", "docker")
+
+
+def worker_provider(settings: Settings, root: Path, local: LocalProvider) -> WorkerProvider:
+    """The provider ``settings.provider`` names; docker behind timeouts, retries, a breaker."""
+    if settings.provider == "local":
+        return local
+    if settings.provider == "docker":
+        docker = DockerProvider(
+            root / "docker",
+            image=settings.docker_image,
+            owner=f"{socket.gethostname()}:{root.resolve()}",
+            network=settings.docker_network,
+            pull=settings.docker_pull,
+            keep_workspace=settings.keep_workspace,
+        )
+        return ResilientProvider(docker)
+    raise SettingsError(
+        f"unknown provider {settings.provider!r}: use one of {', '.join(PROVIDERS)}"
+    )
+
+
 def build_agent(settings: Settings, config: AgentConfig, provider: str) -> RemoteAgent:
     """A remote agent running jobs through the named provider."""
-    if provider != "local":
-        raise SettingsError(f"--provider {provider!r}: this version has the 'local' provider only")
+    settings = replace(settings, provider=provider)
     home = settings.home / "agent"
     home.mkdir(parents=True, exist_ok=True)
     lock = (home / "lock").open("a")
@@ -267,14 +296,19 @@ def build_agent(settings: Settings, config: AgentConfig, provider: str) -> Remot
     local = LocalProvider(
         home / "workspaces", keep_workspace=settings.keep_workspace, base_env=step_env()
     )
+    chosen = worker_provider(settings, home / "workspaces", local)
 
     async def prepare() -> None:
-        # A killed agent leaves its jobs' processes behind: they must not run on.
+        # A killed agent leaves its jobs' processes (or containers) behind: they must not
+        # run on.
         swept = await local.sweep_leftovers()
+        inner = chosen.inner if isinstance(chosen, ResilientProvider) else chosen
+        if isinstance(inner, DockerProvider):
+            swept += await inner.reap_orphans()
         if swept:
             log.warning("removed %d worker(s) a previous agent left behind", swept)
 
-    agent = RemoteAgent(config, local, prepare=prepare)
+    agent = RemoteAgent(config, chosen, prepare=prepare)
     agent.keep_open = lock  # the lock lives as long as the agent
     return agent
 

@@ -39,6 +39,11 @@ class Settings:
     # Where other replicas reach this one's API (followers forward commands to the leader).
     advertise_url: str | None = None
     replica: str | None = None
+    # Where this machine's jobs run: "local" processes or "docker" containers.
+    provider: str = "local"
+    docker_image: str = "debian:bookworm-slim"  # for jobs that name no image
+    docker_network: str | None = None  # None: the daemon's default network
+    docker_pull: bool = False
 
     def replica_name(self) -> str:
         """This replica's stable name: its consumers on the bus are named after it."""
@@ -84,6 +89,14 @@ class Settings:
             values["bus_url"] = e["FAENA_BUS_URL"]
         if e.get("FAENA_ADVERTISE_URL"):
             values["advertise_url"] = e["FAENA_ADVERTISE_URL"]
+        if e.get("FAENA_PROVIDER"):
+            values["provider"] = e["FAENA_PROVIDER"]
+        if e.get("FAENA_DOCKER_IMAGE"):
+            values["docker_image"] = e["FAENA_DOCKER_IMAGE"]
+        if e.get("FAENA_DOCKER_NETWORK"):
+            values["docker_network"] = e["FAENA_DOCKER_NETWORK"]
+        if e.get("FAENA_DOCKER_PULL"):
+            values["docker_pull"] = _bool(e["FAENA_DOCKER_PULL"], "FAENA_DOCKER_PULL")
         if e.get("FAENA_REPLICA"):
             values["replica"] = e["FAENA_REPLICA"]
         if e.get("FAENA_METRICS_TOKEN"):

@@ -102,6 +102,11 @@ def command_parser(name: str) -> argparse.ArgumentParser:
                        help="keep a failed step's worker alive this long for debugging "
                             "(e.g. 10m)")  # fmt: skip
 
+    def provider_flag() -> None:
+        p.add_argument("--provider", default=None, choices=["local", "docker"],
+                       help="where jobs run: local processes or docker containers "
+                            "(env FAENA_PROVIDER, default local)")  # fmt: skip
+
     if name == "run":
         pipeline_file()
         jobs_flag()
@@ -109,6 +114,7 @@ def command_parser(name: str) -> argparse.ArgumentParser:
         pause_flag()
         p.add_argument("--keep-workspace", action="store_true",
                        help="keep each job's workspace directory")  # fmt: skip
+        provider_flag()
     elif name == "validate":
         pipeline_file()
         json_flag()
@@ -209,8 +215,7 @@ def command_parser(name: str) -> argparse.ArgumentParser:
             default=None,
             help="what the node offers, e.g. cpu=2,memory=4Gi (cpu sets slots)",
         )
-        p.add_argument("--provider", default="local", choices=["local"],
-                       help="where jobs run (default local)")  # fmt: skip
+        provider_flag()
         jobs_flag()
     elif name == "server":
         p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
@@ -236,7 +241,8 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return run_command(args.file, jobs=args.jobs, json_out=args.json,
                            keep_workspace=args.keep_workspace,
-                           pause_on_failure=args.pause_on_failure)  # fmt: skip
+                           pause_on_failure=args.pause_on_failure,
+                           provider=args.provider)  # fmt: skip
     if args.command == "validate":
         from faena.cli.validate import validate_command
 
@@ -292,7 +298,8 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return agent_command(server=args.server, token=args.token, name=args.name,
                              labels=args.labels, capacity=args.capacity,
-                             provider=args.provider, jobs=args.jobs)  # fmt: skip
+                             provider=args.provider or os.environ.get("FAENA_PROVIDER") or "local",
+                             jobs=args.jobs)  # fmt: skip
     if args.command == "nodes":
         from faena.cli import client
 

@@ -23,6 +23,7 @@ def run_command(
     json_out: bool,
     keep_workspace: bool,
     pause_on_failure: str | None = None,
+    provider: str | None = None,
 ) -> int:
     from faena.cli.validate import print_issues
     from faena.domain.durations import parse_duration
@@ -45,15 +46,22 @@ def run_command(
     spec = replace(spec, source=str(file.resolve()))
     if pause is not None:
         spec = replace(spec, pause_on_failure=pause)
+    settings = Settings.from_env(
+        jobs=jobs, keep_workspace=keep_workspace or None, provider=provider
+    )
+    local = settings.provider == "local"
     unenforced = sorted(
         {f for j in spec.jobs.values() for f, used in
-         (("runs-on", j.runs_on), ("image", j.image), ("resources", j.resources != Resources()))
+         (("runs-on", j.runs_on), ("image", j.image and local),
+          ("resources", j.resources != Resources() and local),
+          ("services", j.services and local))
          if used}
     )  # fmt: skip
     if unenforced and not json_out:
-        print(f"note: {', '.join(unenforced)} recorded but not enforced: every job runs as "
-              "local processes on this machine", file=sys.stderr)  # fmt: skip
-    settings = Settings.from_env(jobs=jobs, keep_workspace=keep_workspace or None)
+        where = "every job runs as local processes on this machine" if local else (
+            "jobs run on this machine")  # fmt: skip
+        print(f"note: {', '.join(unenforced)} recorded but not enforced: {where} "
+              "(--provider docker runs images, limits and services)", file=sys.stderr)  # fmt: skip
     return asyncio.run(_drive(settings, json_out, spec=spec))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -20,11 +21,13 @@ from faena.domain.matrix import combinations
 from faena.domain.spec import (
     BACKOFFS,
     Backoff,
+    HealthCheck,
     JobSpec,
     MatrixSpec,
     PipelineSpec,
     Resources,
     RetryPolicy,
+    ServiceSpec,
     StepSpec,
 )
 from faena.spec.node_reader import NodeReader, hint, join_path, sorted_issues
@@ -65,6 +68,8 @@ JOB_FIELDS = (
     "resources",
     "runs-on",
     "image",
+    "services",
+    "keep-failed",
     "outputs",
     "continue-on-error",
     "defaults",
@@ -88,11 +93,15 @@ DEFAULTS_FIELDS = ("run", "shell", "working-directory")
 DEFAULTS_RUN_FIELDS = ("shell", "working-directory")
 STRATEGY_FIELDS = ("matrix", "fail-fast", "max-parallel")
 RETRY_FIELDS = ("max_attempts", "max-attempts", "backoff", "delay")
-RESOURCES_FIELDS = ("cpu", "memory", "gpu")
+RESOURCES_FIELDS = ("cpu", "memory", "gpu", "pids")
+SERVICE_FIELDS = ("image", "env", "command", "health")
+HEALTH_FIELDS = ("cmd", "interval", "timeout", "retries")
+MAX_KEEP_FAILED = 7 * 24 * 3600.0
 # Keys people bring from GitHub Actions that have no meaning here: explain instead of guessing.
 _UNSUPPORTED = {
     "uses": "actions ('uses') are not supported; write the commands in 'run'",
     "with": "'with' belongs to actions, which are not supported; use 'env' to pass values",
+    "ports": "services share the job's network: reach them at localhost:<port>, no 'ports'",
 }
 
 
@@ -424,6 +433,12 @@ class _Reader(NodeReader):
             image = self.string(items["image"], f"{path}.image")
             if image is not None:
                 self.template(items["image"], f"{path}.image", image, scope)
+        services: list[ServiceSpec] = []
+        if "services" in items:
+            services = self.services(items["services"], f"{path}.services", scope)
+        keep_failed = None
+        if "keep-failed" in items:
+            keep_failed = self.keep_failed(items["keep-failed"], f"{path}.keep-failed")
         outputs: dict[str, str] = {}
         if "outputs" in items:
             outputs = self.outputs(items["outputs"], f"{path}.outputs", step_scope)
@@ -446,6 +461,8 @@ class _Reader(NodeReader):
             resources=resources,
             runs_on=runs_on,
             image=image,
+            services=services,
+            keep_failed=keep_failed,
             outputs=outputs,
             shell=shell,
             working_directory=working_directory,
@@ -543,14 +560,99 @@ class _Reader(NodeReader):
         if resources is None:
             return Resources()
         items = resources.items
-        cpu, memory, gpu = 0.0, 0, 0
+        cpu, memory, gpu, pids = 0.0, 0, 0, 0
         if "cpu" in items:
             cpu = self.quantity(items["cpu"], f"{path}.cpu", parse_cpu) or 0.0
         if "memory" in items:
             memory = self.quantity(items["memory"], f"{path}.memory", parse_size) or 0
         if "gpu" in items:
             gpu = self.integer(items["gpu"], f"{path}.gpu", 0) or 0
-        return Resources(cpu=cpu, memory=memory, gpu=gpu)
+        if "pids" in items:
+            pids = self.integer(items["pids"], f"{path}.pids", 1) or 0
+        return Resources(cpu=cpu, memory=memory, gpu=gpu, pids=pids)
+
+    def services(self, node: Node, path: str, scope: _Scope) -> list[ServiceSpec]:
+        """``services``: containers next to the job, by name (docker and kubernetes)."""
+        if not isinstance(node, MappingNode):
+            self.expected(node, path, "a mapping of service names to services")
+            return []
+        found: list[ServiceSpec] = []
+        for name, value in node.items.items():
+            where = f"{path}.{name}"
+            if not self.identifier(node.keys[name], where, "service name", name):
+                continue
+            service = self.mapping(value, where, SERVICE_FIELDS)
+            if service is None:
+                continue
+            items = service.items
+            if "image" not in items:
+                self.issue(service, where, "missing required field 'image'")
+                continue
+            image = self.string(items["image"], f"{where}.image")
+            env = self.env(items["env"], f"{where}.env", scope) if "env" in items else {}
+            command = None
+            if "command" in items:
+                command = self.command(items["command"], f"{where}.command")
+            health = self.health(items["health"], f"{where}.health") if "health" in items else None
+            if image is not None:
+                found.append(ServiceSpec(name, image, env, command, health))
+        return found
+
+    def command(self, node: Node, path: str) -> list[str] | None:
+        """A command as a list of words, or one string split as a shell would."""
+        if isinstance(node, SequenceNode):
+            words = [
+                self.string(item, f"{path}[{i}]", empty=True) for i, item in enumerate(node.items)
+            ]
+            return [w for w in words if w is not None]
+        text = self.string(node, path)
+        if text is None:
+            return None
+        try:
+            return shlex.split(text)
+        except ValueError as exc:
+            self.issue(node, path, f"cannot split the command: {exc}")
+            return None
+
+    def health(self, node: Node, path: str) -> HealthCheck | None:
+        health = self.mapping(node, path, HEALTH_FIELDS)
+        if health is None:
+            return None
+        items = health.items
+        if "cmd" not in items:
+            self.issue(
+                health,
+                path,
+                "missing required field 'cmd' (a shell command that exits 0 when ready)",
+            )
+            return None
+        cmd = self.string(items["cmd"], f"{path}.cmd")
+        check = HealthCheck(cmd or "")
+        durations: dict[str, float] = {}
+        for key in ("interval", "timeout"):
+            if key in items:
+                seconds = self.quantity(items[key], f"{path}.{key}", parse_duration)
+                if seconds is not None and seconds <= 0:
+                    self.issue(items[key], f"{path}.{key}", "must be greater than zero")
+                elif seconds is not None:
+                    durations[key] = seconds
+        check = replace(
+            check,
+            interval=durations.get("interval", check.interval),
+            timeout=durations.get("timeout", check.timeout),
+        )
+        if "retries" in items:
+            retries = self.integer(items["retries"], f"{path}.retries", 1, 10_000)
+            if retries is not None:
+                check = replace(check, retries=retries)
+        return check if cmd else None
+
+    def keep_failed(self, node: Node, path: str) -> float | None:
+        seconds = self.quantity(node, path, parse_duration)
+        if seconds is not None and not 0 < seconds <= MAX_KEEP_FAILED:
+            self.issue(node, path, "must be greater than zero and at most 7d")
+            return None
+        return seconds
 
     def runs_on(self, node: Node, path: str, scope: _Scope) -> list[str]:
         """``runs-on``: one label or a list of labels, all of which a node must have."""

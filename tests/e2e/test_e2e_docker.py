@@ -1,0 +1,88 @@
+"""`faena run --provider docker` end to end, against the real daemon (tests/docker_env.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from docker_env import BUSYBOX_IMAGE, containers, require_docker
+
+ROOT = Path(__file__).resolve().parents[2]
+FAENA = [str(Path(sys.executable).parent / "faena")]
+
+
+@pytest.fixture(autouse=True)
+def docker() -> None:
+    require_docker()
+
+
+def faena_run(tmp_path: Path, pipeline: str) -> subprocess.CompletedProcess[str]:
+    file = tmp_path / "faena.yml"
+    file.write_text(pipeline)
+    env = {**os.environ, "FAENA_HOME": str(tmp_path / "home")}
+    return subprocess.run(
+        [*FAENA, "run", "--provider", "docker", str(file)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+
+
+def test_the_docker_example_runs_its_service_and_reports_oom(tmp_path: Path) -> None:
+    text = (ROOT / "examples" / "docker-service" / "faena.yml").read_text()
+    done = faena_run(tmp_path, text)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    env = {**os.environ, "FAENA_HOME": str(tmp_path / "home")}
+    logs = subprocess.run(
+        [*FAENA, "logs", "last", "web"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert "hello from a faena service" in logs.stdout, logs.stdout + logs.stderr
+    assert "out of memory (limit 32 MiB)" in out
+    # Everything of a finished job is removed: its containers carry the temp dir's path.
+    owner = f"faena.owner={os.uname().nodename}:{(tmp_path / 'home' / 'workspaces').resolve()}"
+    assert containers(owner) == []
+
+
+def test_a_missing_image_fails_at_once_naming_it(tmp_path: Path) -> None:
+    done = faena_run(
+        tmp_path, "jobs:\n  a:\n    image: faena/no-such-image:1\n    steps: [{run: 'true'}]\n"
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "faena/no-such-image:1" in out
+    assert "WKM-PROV" in out or "not on this docker host" in out
+
+
+def test_a_service_that_never_gets_healthy_fails_the_job(tmp_path: Path) -> None:
+    pipeline = f"""
+jobs:
+  a:
+    image: {BUSYBOX_IMAGE}
+    services:
+      db:
+        image: {BUSYBOX_IMAGE}
+        command: sleep 1000
+        health: {{cmd: "false", interval: 50ms, retries: 3}}
+    steps: [{{run: 'echo never'}}]
+"""
+    done = faena_run(tmp_path, pipeline)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "service 'db'" in out and "never became healthy" in out
+    assert "never\n" not in done.stdout
+
+
+def test_runs_list_the_worker_as_docker(tmp_path: Path) -> None:
+    done = faena_run(
+        tmp_path, f"jobs:\n  a:\n    image: {BUSYBOX_IMAGE}\n    steps: [{{run: 'hostname'}}]\n"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    env = {**os.environ, "FAENA_HOME": str(tmp_path / "home")}
+    listed = subprocess.run(
+        [*FAENA, "runs", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert json.loads(listed.stdout)[0]["state"] == "SUCCEEDED"
