@@ -36,21 +36,25 @@ from pathlib import Path
 from typing import Any
 
 from faena.domain.durations import format_size
-from faena.domain.outputs import parse_output_file
 from faena.domain.spec import Resources, ServiceSpec
 from faena.workers.port import (
     ExecRequest,
     ExecResult,
-    OutputLine,
     OutputSink,
     ProviderError,
-    Stream,
     Worker,
     WorkerRequest,
 )
 from faena.workers.providers.exit_codes import EXIT_CANCELLED, EXIT_KILLED, EXIT_TIMED_OUT
 from faena.workers.providers.output_pipe import OutputPipe, PipeDrainer, close_fds, wait_for_exit
 from faena.workers.providers.shells import ShellError, fill_template, parse_shell
+from faena.workers.providers.step_result import (
+    RunningStep,
+    cancel_step,
+    emitter,
+    failed_to_start,
+    result_of,
+)
 from faena.workers.providers.worker_dirs import (
     WorkerPaths,
     inside,
@@ -150,12 +154,9 @@ class _Live:
 
 
 @dataclass
-class _Exec:
-    pidfile: Path
-    mark: str
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: set[asyncio.Future[Any]] = field(default_factory=set)
+class _Exec(RunningStep):
+    pidfile: Path = Path()
+    mark: str = ""
 
 
 class DockerProvider:
@@ -209,16 +210,10 @@ class DockerProvider:
         if live is None or not paths.temp.is_dir():
             raise ProviderError(f"worker {worker.worker_id!r} does not exist or was destroyed")
         cwd = inside(paths.workspace, request.working_directory)
-        lock = asyncio.Lock()
-
-        async def emit(stream: Stream, raw: bytes) -> None:
-            line = OutputLine(stream, raw.decode("utf-8", errors="replace"), time.time())
-            async with lock:
-                await sink(line)
+        emit = emitter(sink)
 
         async def fail(exit_code: int, message: str) -> ExecResult:
-            await emit("stderr", f"faena: {message}".encode())
-            return ExecResult(exit_code=exit_code, duration_ms=_ms_since(started))
+            return await failed_to_start(emit, started, exit_code, message)
 
         try:
             cwd.mkdir(parents=True, exist_ok=True)
@@ -243,7 +238,7 @@ class DockerProvider:
             "FAENA_OUTPUT": str(output),
         }
         env["FAENA_STEP_MARK"] = stem  # finds the step's processes that left its session
-        running = _Exec(pidfile, stem)
+        running = _Exec(pidfile=pidfile, mark=stem)
         live.running[request.exec_id] = running
         pipes = [OutputPipe(fds[0], "stdout", emit), OutputPipe(fds[1], "stderr", emit)]
         pumps = [asyncio.ensure_future(pipe.pump()) for pipe in pipes]
@@ -297,32 +292,12 @@ class DockerProvider:
             reason = await self._oom_reason(live)
             if reason:
                 await emit("stderr", f"faena: {reason}".encode())
-        outputs: dict[str, str] = {}
-        try:
-            outputs = parse_output_file(output.read_text(encoding="utf-8", errors="replace"))
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as exc:
-            await emit("stderr", f"faena: invalid $FAENA_OUTPUT: {exc}".encode())
-            exit_code = exit_code or 1
-        return ExecResult(
-            exit_code=exit_code,
-            duration_ms=_ms_since(started),
-            timed_out=stop == "timed_out",
-            cancelled=stop == "cancelled",
-            outputs=outputs,
-            reason=reason,
-        )
+        return await result_of(emit, started, exit_code, stop, output, reason)
 
     async def cancel(self, worker: Worker, exec_id: str) -> None:
         """Kill a running step's process tree and wait until it is gone; no-op if none."""
         live = self._workers.get(worker.worker_id)
-        running = live.running.get(exec_id) if live else None
-        if running is None:
-            return
-        running.cancel.set()
-        if asyncio.current_task() not in running.tasks:
-            await running.done.wait()
+        await cancel_step(live.running.get(exec_id) if live else None)
 
     async def destroy(self, worker: Worker, keep_for: float | None = None) -> None:
         """Remove the worker's containers (with ``keep_for``: stop them and leave them that
@@ -714,7 +689,3 @@ def _describe(state: dict[str, Any]) -> str:
     if state.get("ExitCode") not in (None, 0):
         parts.append(f"exit code {state.get('ExitCode')}")
     return ", ".join(parts)
-
-
-def _ms_since(started: float) -> float:
-    return (time.monotonic() - started) * 1000.0

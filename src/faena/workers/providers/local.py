@@ -33,14 +33,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from faena.domain.outputs import parse_output_file
 from faena.workers.port import (
     ExecRequest,
     ExecResult,
-    OutputLine,
     OutputSink,
     ProviderError,
-    Stream,
     Worker,
     WorkerRequest,
 )
@@ -66,6 +63,13 @@ from faena.workers.providers.process_tree import (
     tree_alive,
 )
 from faena.workers.providers.shells import ShellError, fill_template, shell_template
+from faena.workers.providers.step_result import (
+    RunningStep,
+    cancel_step,
+    emitter,
+    failed_to_start,
+    result_of,
+)
 from faena.workers.providers.worker_dirs import (
     WorkerPaths,
     inside,
@@ -129,16 +133,10 @@ class LocalProvider:
         if not paths.workspace.is_dir() or not paths.temp.is_dir():
             raise ProviderError(f"worker {worker.worker_id!r} does not exist or was destroyed")
         cwd = inside(paths.workspace, request.working_directory)
-        lock = asyncio.Lock()
-
-        async def emit(stream: Stream, raw: bytes) -> None:
-            line = OutputLine(stream, raw.decode("utf-8", errors="replace"), time.time())
-            async with lock:  # the sink never sees two calls at once
-                await sink(line)
+        emit = emitter(sink)
 
         async def fail(exit_code: int, message: str) -> ExecResult:
-            await emit("stderr", f"faena: {message}".encode())
-            return ExecResult(exit_code=exit_code, duration_ms=_ms_since(started))
+            return await failed_to_start(emit, started, exit_code, message)
 
         try:
             cwd.mkdir(parents=True, exist_ok=True)
@@ -190,7 +188,7 @@ class LocalProvider:
         state.groups.add(proc.pid)  # start_new_session: the group id is the child's pid
         pipes = [OutputPipe(out_r, "stdout", emit), OutputPipe(err_r, "stderr", emit)]
         pumps = [asyncio.ensure_future(pipe.pump()) for pipe in pipes]
-        running = _Running(tasks=set(pumps))
+        running = RunningStep(tasks=set(pumps))
         state.running[request.exec_id] = running
         waiter = asyncio.ensure_future(proc.wait())
         finished = False
@@ -229,21 +227,7 @@ class LocalProvider:
             exit_code = EXIT_TIMED_OUT
         elif stop == "cancelled":
             exit_code = EXIT_CANCELLED
-        outputs: dict[str, str] = {}
-        try:
-            outputs = parse_output_file(output.read_text(encoding="utf-8", errors="replace"))
-        except FileNotFoundError:
-            pass  # the step deleted it, or destroy raced us: no outputs
-        except (OSError, ValueError) as exc:
-            await emit("stderr", f"faena: invalid $FAENA_OUTPUT: {exc}".encode())
-            exit_code = exit_code or 1
-        return ExecResult(
-            exit_code=exit_code,
-            duration_ms=_ms_since(started),
-            timed_out=stop == "timed_out",
-            cancelled=stop == "cancelled",
-            outputs=outputs,
-        )
+        return await result_of(emit, started, exit_code, stop, output)
 
     def hurry(self) -> None:
         """Kill every running step now (SIGKILL), and from now on without a grace period."""
@@ -255,13 +239,7 @@ class LocalProvider:
     async def cancel(self, worker: Worker, exec_id: str) -> None:
         """Kill a running exec's process group and wait until it is gone; no-op if none."""
         state = self._workers.get(worker.worker_id)
-        running = state.running.get(exec_id) if state else None
-        if running is None:
-            return
-        running.cancel.set()
-        # Called from the sink, i.e. from inside the exec: waiting would deadlock.
-        if asyncio.current_task() not in running.tasks:
-            await running.done.wait()
+        await cancel_step(state.running.get(exec_id) if state else None)
 
     async def destroy(self, worker: Worker, keep_for: float | None = None) -> None:
         """Kill every process of the worker, then remove its directory (with ``keep_for``,
@@ -357,16 +335,9 @@ class LocalProvider:
 
 
 @dataclass
-class _Running:
-    tasks: set[asyncio.Future[bool]]
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass
 class _WorkerState:
     groups: set[int] = field(default_factory=set)
-    running: dict[str, _Running] = field(default_factory=dict)
+    running: dict[str, RunningStep] = field(default_factory=dict)
     drainer: PipeDrainer = field(default_factory=PipeDrainer)
 
     def detach(self, fd: int) -> None:
@@ -374,7 +345,3 @@ class _WorkerState:
 
     def close(self) -> None:
         self.drainer.close()
-
-
-def _ms_since(started: float) -> float:
-    return (time.monotonic() - started) * 1000.0
