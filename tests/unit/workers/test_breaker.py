@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from worker_fakes import Clock
 
 from faena.domain.errors import ErrorCode
 from faena.workers.breaker import BreakerState, CircuitBreaker, CircuitOpen, Permit
 from faena.workers.port import ProviderError
-
-
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

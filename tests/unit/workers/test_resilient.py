@@ -222,8 +222,7 @@ async def test_half_open_probe_success_closes_it(
     provider: ResilientProvider, inner: FakeProvider, clock: Clock
 ) -> None:
     breaker = provider.breaker
-    for _ in range(20):
-        breaker.failure(breaker.acquire())
+    trip(breaker)
     assert breaker.state is BreakerState.OPEN
     clock.advance(30)
     await provider.create(REQ)
@@ -234,8 +233,7 @@ async def test_half_open_probe_failure_reopens_without_retrying(
     provider: ResilientProvider, inner: FakeProvider, clock: Clock
 ) -> None:
     breaker = provider.breaker
-    for _ in range(20):
-        breaker.failure(breaker.acquire())
+    trip(breaker)
     clock.advance(30)
     inner.fail("create", retryable(), retryable())
     with pytest.raises(CircuitOpen):
@@ -248,8 +246,7 @@ async def test_a_cancelled_probe_frees_the_half_open_slot(
     provider: ResilientProvider, inner: FakeProvider, clock: Clock
 ) -> None:
     breaker = provider.breaker
-    for _ in range(20):
-        breaker.failure(breaker.acquire())
+    trip(breaker)
     clock.advance(30)
     inner.fail("create", HANG)
     task = asyncio.create_task(provider.create(REQ))
@@ -298,3 +295,9 @@ async def test_close_reaches_the_wrapped_provider() -> None:
 
 def test_a_bare_provider_has_no_breaker() -> None:
     assert provider_status(FakeProvider(name="local")) == {"name": "local", "breaker": None}
+
+
+def trip(breaker: CircuitBreaker) -> None:
+    """Open the breaker: 20 failed calls, 100% of the window (opens above 5% of >= 20)."""
+    for _ in range(20):
+        breaker.failure(breaker.acquire())
