@@ -45,6 +45,15 @@ from faena.workers.port import (
     Worker,
     WorkerRequest,
 )
+from faena.workers.providers.docker_daemon import DockerDaemon, Unreachable
+from faena.workers.providers.docker_scripts import (
+    DEFAULT_SHELL,
+    KEEPALIVE,
+    KILL,
+    OOM_KILLS,
+    WRAPPER,
+    oom_kill_count,
+)
 from faena.workers.providers.exit_codes import EXIT_CANCELLED, EXIT_KILLED, EXIT_TIMED_OUT
 from faena.workers.providers.output_pipe import OutputPipe, PipeDrainer, close_fds, wait_for_exit
 from faena.workers.providers.shells import ShellError, fill_template, parse_shell
@@ -72,72 +81,8 @@ log = logging.getLogger(__name__)
 DEFAULT_IMAGE = "debian:bookworm-slim"
 LABEL_RUN, LABEL_JOB, LABEL_WORKER = "faena.run", "faena.job", "faena.worker"
 LABEL_OWNER, LABEL_ROLE = "faena.owner", "faena.role"
-_DEFAULT_SHELL = "__faena_default_shell__"
 _POLL = 0.05
 _SIGKILL_WAIT = 10.0  # bounds waiting for a killed step before its container is removed
-_UNREACHABLE = 900  # aiodocker's status for a connection that failed
-
-
-class _Unreachable(ProviderError):
-    """The daemon did not answer (stopped, or a wrong socket)."""
-
-
-# PID 1 is Docker's init (it reaps orphans); this loop only keeps the container up.
-_KEEPALIVE = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
-
-# $1 stdout FIFO, $2 stderr FIFO, $3 pid file; then the shell's argv. fd 3 keeps the exec's
-# stream open until the wrapper itself exits; the step's processes never get it.
-_WRAPPER = r"""
-out=$1 err=$2 pidfile=$3; shift 3
-echo $$ > "$pidfile"
-exec 3>&1 >"$out" 2>"$err" </dev/null
-if [ "$1" = __faena_default_shell__ ]; then
-  shift
-  if command -v bash >/dev/null 2>&1; then set -- bash --noprofile --norc -eo pipefail "$@"
-  else set -- sh -e "$@"; fi
-fi
-case "$1" in
-  */*) ;;
-  *) command -v "$1" >/dev/null 2>&1 || {
-       echo "faena: shell '$1' not found on PATH" >&2; exit 127; } ;;
-esac
-"$@" 3>&-
-"""
-
-# $1 the wrapper's pid, $2 grace in ticks of 50 ms, $3 the step's mark: SIGTERM the members
-# of its process group and session, and what left both (busybox's timeout does) but carries
-# the mark; SIGKILL what is left after the grace; return once none is left.
-_KILL = r"""
-L=$1; ticks=$2; mark="FAENA_STEP_MARK=$3"
-members() {
-  for s in /proc/[0-9]*/stat; do
-    read -r l < "$s" 2>/dev/null || continue
-    p=${s#/proc/}; p=${p%/stat}
-    [ "$p" = $$ ] && continue
-    set -- ${l##*') '}
-    [ "$1" = Z ] && continue
-    if [ "$3" = "$L" ] || [ "$4" = "$L" ]; then echo "$p"
-    elif tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qxF "$mark"; then echo "$p"
-    fi
-  done
-}
-m=$(members); [ -z "$m" ] && exit 0
-kill -TERM $m 2>/dev/null; kill -CONT $m 2>/dev/null
-i=0
-while [ $i -lt "$ticks" ]; do
-  m=$(members); [ -z "$m" ] && exit 0
-  sleep 0.05; i=$((i+1))
-done
-i=0
-while m=$(members); [ -n "$m" ] && [ $i -lt 200 ]; do
-  kill -KILL $m 2>/dev/null; sleep 0.05; i=$((i+1))
-done
-"""
-
-_OOM_KILLS = (
-    "cat /sys/fs/cgroup/memory.events 2>/dev/null"
-    " || cat /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null"
-)
 
 
 @dataclass
@@ -181,11 +126,9 @@ class DockerProvider:
         self._image = image
         self.owner = owner
         self._network = network
-        self._pull = pull
-        self._url = url
         self._keep_workspace = keep_workspace
         self._kill_grace = kill_grace
-        self._docker: Any = None
+        self._daemon = DockerDaemon(url, pull=pull)
         self._workers: dict[str, _Live] = {}
         self._creating: dict[str, asyncio.Lock] = {}
 
@@ -222,7 +165,7 @@ class DockerProvider:
         cwd = inside(paths.workspace, str(cwd))
         shell = request.shell if request.shell and request.shell.strip() else None
         try:
-            template, suffix = parse_shell(shell) if shell else ([_DEFAULT_SHELL, "{0}"], ".sh")
+            template, suffix = parse_shell(shell) if shell else ([DEFAULT_SHELL, "{0}"], ".sh")
         except ShellError as exc:
             return await fail(exc.exit_code, str(exc))
         script, output = write_step_files(paths, request.exec_id, request.script, suffix)
@@ -247,9 +190,9 @@ class DockerProvider:
         stop = None
         waiter: asyncio.Future[int] | None = None
         try:
-            cmd = ["sh", "-c", _WRAPPER, "faena-step", str(fifo_out), str(fifo_err), str(pidfile)]
+            cmd = ["sh", "-c", WRAPPER, "faena-step", str(fifo_out), str(fifo_err), str(pidfile)]
             waiter = asyncio.ensure_future(
-                self._run_exec(live.container_id, [*cmd, *argv], env, str(cwd))
+                self._daemon.run_exec(live.container_id, [*cmd, *argv], env, str(cwd))
             )
             running.tasks.add(waiter)
             stop = await wait_for_exit(waiter, running.cancel, request.timeout, pumps)
@@ -320,7 +263,7 @@ class DockerProvider:
         if live is not None:
             ids = list(dict.fromkeys([*ids, live.container_id, *live.services.values()]))
         for cid in ids:
-            await self._remove(cid, stop_only=keep_for is not None)
+            await self._daemon.remove(cid, stop_only=keep_for is not None)
         if keep_for is not None:
             mark_kept(paths, keep_for)
             return
@@ -333,10 +276,14 @@ class DockerProvider:
 
     # -- housekeeping ----------------------------------------------------------------------
 
+    async def close(self) -> None:
+        """Close the connection to the daemon."""
+        await self._daemon.close()
+
     async def reap_orphans(self) -> int:
         """Remove this owner's containers (and directories) that no live worker of this
         process uses and no ``keep_for`` protects any more; returns how many workers."""
-        containers = await self._list({"label": [f"{LABEL_OWNER}={self.owner}"]})
+        containers = await self._daemon.containers({"label": [f"{LABEL_OWNER}={self.owner}"]})
         now = time.time()
         orphans: set[str] = set()
         for c in containers:
@@ -350,46 +297,18 @@ class DockerProvider:
             await self.destroy(Worker(wid, self.name, ""))
         return len(orphans)
 
-    async def close(self) -> None:
-        """Close the connection to the daemon."""
-        if self._docker is not None:
-            await self._docker.close()
-            self._docker = None
-
     # -- containers ------------------------------------------------------------------------
-
-    async def _client(self) -> Any:
-        if self._docker is None:
-            import aiodocker  # here, not at import: the CLI starts without it
-
-            self._docker = aiodocker.Docker(url=self._url)
-        return self._docker
-
-    async def _call(self, what: str, call: Any) -> Any:
-        """Await a daemon call; its failures become ProviderErrors that say what failed."""
-        import aiodocker
-        import aiohttp
-
-        try:
-            return await call
-        except aiodocker.DockerError as exc:
-            if exc.status == _UNREACHABLE:
-                message = f"{what}: cannot reach the docker daemon ({exc.message})"
-                raise _Unreachable(message) from exc
-            raise ProviderError(f"{what}: {exc.message} (docker {exc.status})") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _Unreachable(f"{what}: cannot reach the docker daemon ({exc})") from exc
 
     async def _start(self, request: WorkerRequest, paths: WorkerPaths) -> _Live:
         image = request.image or self._image
         for name in [image, *(s.image for s in request.services)]:
-            await self._ensure_image(name)
+            await self._daemon.ensure_image(name)
         try:
             paths.workspace.mkdir(parents=True, exist_ok=True)
             paths.temp.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise ProviderError(f"cannot create worker {request.worker_id!r}: {exc}") from exc
-        docker = await self._client()
+        docker = await self._daemon.client()
         labels = self._labels(request, "job")
         host: dict[str, Any] = {
             "Binds": [f"{paths.root}:{paths.root}"],
@@ -400,20 +319,20 @@ class DockerProvider:
             host["NetworkMode"] = self._network
         config = {
             "Image": image,
-            "Entrypoint": ["sh", "-c", _KEEPALIVE],
+            "Entrypoint": ["sh", "-c", KEEPALIVE],
             "Cmd": [],
             "WorkingDir": str(paths.workspace),
             "Labels": labels,
             "HostConfig": host,
         }
         name = f"faena-{request.worker_id}"
-        container = await self._call(
+        container = await self._daemon.call(
             f"cannot create the container of worker {request.worker_id} from {image!r}",
             docker.containers.create(config, name=name),
         )
         live = _Live(container.id, image, request.resources)
         try:
-            await self._call(f"cannot start container {name}", container.start())
+            await self._daemon.call(f"cannot start container {name}", container.start())
             for service in request.services:
                 live.services[service.name] = await self._start_service(
                     request, service, container.id
@@ -423,12 +342,12 @@ class DockerProvider:
         except BaseException:
             for cid in [container.id, *live.services.values()]:
                 with contextlib.suppress(Exception):
-                    await self._remove(cid)
+                    await self._daemon.remove(cid)
             raise
         return live
 
     async def _start_service(self, request: WorkerRequest, service: ServiceSpec, job: str) -> str:
-        docker = await self._client()
+        docker = await self._daemon.client()
         config: dict[str, Any] = {
             "Image": service.image,
             "Env": [f"{k}={v}" for k, v in service.env.items()],
@@ -439,8 +358,8 @@ class DockerProvider:
             config["Cmd"] = list(service.command)
         name = f"faena-{request.worker_id}-{service.name}"
         what = f"cannot start service {service.name!r} ({service.image})"
-        container = await self._call(what, docker.containers.create(config, name=name))
-        await self._call(what, container.start())
+        container = await self._daemon.call(what, docker.containers.create(config, name=name))
+        await self._daemon.call(what, container.start())
         return str(container.id)
 
     async def _wait_healthy(self, service: ServiceSpec, cid: str) -> None:
@@ -450,9 +369,9 @@ class DockerProvider:
         health = service.health
         last = ""
         for _ in range(max(health.retries, 1)):
-            state = await self._inspect(cid)
+            state = await self._daemon.inspect(cid)
             if not state.get("Running"):
-                tail = await self._logs_tail(cid)
+                tail = await self._daemon.logs_tail(cid)
                 raise ProviderError(
                     f"service {service.name!r} ({service.image}) exited with code "
                     f"{state.get('ExitCode')} before it was healthy{tail}",
@@ -460,39 +379,17 @@ class DockerProvider:
                 )
             try:
                 code, last = await asyncio.wait_for(
-                    self._exec_capture(cid, ["sh", "-c", health.cmd]), health.timeout
+                    self._daemon.exec_capture(cid, ["sh", "-c", health.cmd]), health.timeout
                 )
             except TimeoutError:
                 code, last = -1, f"health check timed out after {health.timeout:g}s"
             if code == 0:
                 return
             await asyncio.sleep(health.interval)
-        tail = await self._logs_tail(cid)
+        tail = await self._daemon.logs_tail(cid)
         raise ProviderError(
             f"service {service.name!r} ({service.image}) never became healthy after "
             f"{health.retries} checks of {health.cmd!r}: {last.strip()[-300:]}{tail}",
-            retryable=False,
-        )
-
-    async def _ensure_image(self, image: str) -> None:
-        import aiodocker
-
-        docker = await self._client()
-        try:
-            await self._call(f"cannot inspect image {image!r}", docker.images.inspect(image))
-            return
-        except ProviderError as exc:
-            cause = exc.__cause__
-            if not (isinstance(cause, aiodocker.DockerError) and cause.status == 404):
-                raise
-        if self._pull:
-            with contextlib.suppress(ProviderError):
-                await self._call(f"cannot pull {image!r}", docker.images.pull(image))
-                return
-        raise ProviderError(
-            f"image {image!r} is not on this docker host"
-            + (" and could not be pulled" if self._pull else " (pulling is off)")
-            + ": build or load it first (docker build / docker load)",
             retryable=False,
         )
 
@@ -505,102 +402,16 @@ class DockerProvider:
             LABEL_ROLE: role,
         }
 
-    async def _list(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
-        import json
-
-        docker = await self._client()
-        data = await self._call(
-            "cannot list containers",
-            docker._query_json(
-                "containers/json", params={"all": "1", "filters": json.dumps(filters)}
-            ),
-        )
-        return list(data)
-
     async def _containers_of(self, worker_id: str, known: bool) -> list[str]:
         try:
-            found = await self._list({"label": [f"{LABEL_WORKER}={worker_id}"]})
-        except _Unreachable:
+            found = await self._daemon.containers({"label": [f"{LABEL_WORKER}={worker_id}"]})
+        except Unreachable:
             if not known:
                 # Nothing of it was ever started by this process (create failed on the
                 # daemon); what another process left, reap_orphans finds later.
                 return []
             raise
         return [str(c["Id"]) for c in found]
-
-    async def _remove(self, cid: str, *, stop_only: bool = False) -> None:
-        import aiodocker
-
-        docker = await self._client()
-        container = docker.containers.container(cid)
-        try:
-            if stop_only:
-                await container.kill(signal="SIGKILL")
-            else:
-                await container.delete(force=True, v=True)
-        except aiodocker.DockerError as exc:
-            if exc.status in (404, 409):  # gone already, or being removed / not running
-                return
-            raise ProviderError(f"cannot remove container {cid[:12]}: {exc.message}") from exc
-        except OSError as exc:
-            raise ProviderError(f"cannot reach the docker daemon ({exc})") from exc
-
-    async def _inspect(self, cid: str) -> dict[str, Any]:
-        docker = await self._client()
-        data = await self._call(
-            f"cannot inspect container {cid[:12]}", docker.containers.container(cid).show()
-        )
-        state: dict[str, Any] = data.get("State", {})
-        return state
-
-    async def _logs_tail(self, cid: str, lines: int = 20) -> str:
-        docker = await self._client()
-        with contextlib.suppress(Exception):
-            got = await docker.containers.container(cid).log(stdout=True, stderr=True, tail=lines)
-            text = "".join(got).strip()
-            if text:
-                return f"; its last output:\n{text}"
-        return ""
-
-    async def _run_exec(
-        self, cid: str, cmd: list[str], env: dict[str, str] | None, workdir: str | None
-    ) -> int:
-        """Start an exec and wait for it to end; its exit code."""
-        docker = await self._client()
-        container = docker.containers.container(cid)
-        what = "cannot run a step in the worker's container"
-        kwargs: dict[str, Any] = {"stdout": True, "stderr": True, "stdin": False, "tty": False}
-        if env is not None:
-            kwargs["environment"] = env
-        if workdir is not None:
-            kwargs["workdir"] = workdir
-        execution = await self._call(what, container.exec(cmd, **kwargs))
-        async with execution.start(detach=False) as stream:
-            while await self._call(what, stream.read_out()) is not None:
-                pass
-        info = await self._call(what, execution.inspect())
-        code = info.get("ExitCode")
-        try:
-            state = await self._inspect(cid)
-        except ProviderError:
-            state = {}
-        if code is None or info.get("Running") or not state.get("Running"):
-            # Killed or removed from outside, or the daemon went away mid-step.
-            raise ProviderError(f"the worker's container stopped ({_describe(state)})")
-        return int(code)
-
-    async def _exec_capture(self, cid: str, cmd: list[str]) -> tuple[int, str]:
-        """Run a command in a container; its exit code and output (for health checks)."""
-        docker = await self._client()
-        container = docker.containers.container(cid)
-        what = "cannot run a command in a container"
-        execution = await self._call(what, container.exec(cmd, stdout=True, stderr=True))
-        chunks: list[bytes] = []
-        async with execution.start(detach=False) as stream:
-            while (message := await self._call(what, stream.read_out())) is not None:
-                chunks.append(message.data)
-        info = await self._call(what, execution.inspect())
-        return int(info.get("ExitCode") or 0), b"".join(chunks).decode(errors="replace")
 
     async def _kill_step(self, live: _Live, running: _Exec, grace: float) -> None:
         """SIGTERM the step's session in its container, SIGKILL it after ``grace``."""
@@ -611,14 +422,14 @@ class DockerProvider:
         if leader <= 1:
             return  # the wrapper has not started: nothing of the step runs yet
         ticks = str(max(int(grace / _POLL), 0))
-        await self._exec_capture(live.container_id, ["sh", "-c", _KILL, "faena-kill",
+        await self._daemon.exec_capture(live.container_id, ["sh", "-c", KILL, "faena-kill",
                                                      str(leader), ticks, running.mark])  # fmt: skip
 
     async def _oom_reason(self, live: _Live) -> str | None:
         """'out of memory (limit ...)' when the container's cgroup saw a new OOM kill."""
         with contextlib.suppress(ProviderError):
-            _, text = await self._exec_capture(live.container_id, ["sh", "-c", _OOM_KILLS])
-            kills = _oom_kill_count(text)
+            _, text = await self._daemon.exec_capture(live.container_id, ["sh", "-c", OOM_KILLS])
+            kills = oom_kill_count(text)
             if kills > live.oom_kills:
                 live.oom_kills = kills
                 limit = live.resources.memory
@@ -670,22 +481,3 @@ def _open_fifos(out: Path, err: Path) -> tuple[int, int, int, int]:
         if not stat.S_ISFIFO(path.stat().st_mode):
             raise ProviderError(f"{path} is not a FIFO")
     return fds[0], fds[1], fds[2], fds[3]
-
-
-def _oom_kill_count(text: str) -> int:
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "oom_kill" and value.strip().isdigit():
-            return int(value)
-    return 0
-
-
-def _describe(state: dict[str, Any]) -> str:
-    if not state:
-        return "it was removed"
-    parts = [str(state.get("Status", "unknown"))]
-    if state.get("OOMKilled"):
-        parts.append("out of memory")
-    if state.get("ExitCode") not in (None, 0):
-        parts.append(f"exit code {state.get('ExitCode')}")
-    return ", ".join(parts)
