@@ -100,6 +100,7 @@ class CircuitBreaker:
         self._buckets: deque[_Bucket] = deque()
         self._state = BreakerState.CLOSED
         self.opened_at: float | None = None  # when it last opened (None: closed)
+        self.last_error: str | None = None  # what the latest failed call said, for people
         self._probing = False
         # Bumped whenever the breaker opens or closes, so that a permit given before
         # cannot close or reopen a breaker that has moved on since.
@@ -128,6 +129,7 @@ class CircuitBreaker:
             "opened_at": self.opened_at,
             "calls": calls,
             "failures": failures,
+            "last_error": self.last_error,
         }
 
     # -- calls -----------------------------------------------------------------------------
@@ -143,8 +145,9 @@ class CircuitBreaker:
         assert self.opened_at is not None
         since = datetime.fromtimestamp(self.opened_at, UTC).isoformat(timespec="seconds")
         why = "a probe call is under way" if state is BreakerState.HALF_OPEN else "cooling down"
+        last = f"; last error: {self.last_error}" if self.last_error else ""
         raise CircuitOpen(
-            f"provider {self.name} is unavailable (circuit open since {since}; {why})",
+            f"provider {self.name} is unavailable (circuit open since {since}; {why}){last}",
             provider=self.name,
             opened_at=self.opened_at,
         )
@@ -159,8 +162,10 @@ class CircuitBreaker:
         if self._state is BreakerState.CLOSED and self._current(permit):
             self._count(failed=False)
 
-    def failure(self, permit: Permit | None = None) -> None:
-        """A call failed (a provider error or a timeout)."""
+    def failure(self, permit: Permit | None = None, error: str | None = None) -> None:
+        """A call failed (a provider error or a timeout); ``error`` says how."""
+        if error is not None:
+            self.last_error = error
         if permit is not None and permit.probe:
             self._probing = False
             if permit.generation == self._generation and self._state is BreakerState.HALF_OPEN:

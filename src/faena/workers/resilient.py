@@ -104,8 +104,8 @@ class ResilientProvider:
     async def exec(self, worker: Worker, request: ExecRequest, sink: OutputSink) -> ExecResult:
         try:
             result = await self.inner.exec(worker, request, sink)
-        except ProviderError:
-            self._failed("exec", None)
+        except ProviderError as exc:
+            self._failed("exec", None, exc.message)
             raise
         self.breaker.success()
         return result
@@ -134,16 +134,16 @@ class ResilientProvider:
                 async with asyncio.timeout(timeout):
                     result = await call()
             except TimeoutError:
-                self._failed(operation, permit)
                 error = ProviderError(
                     f"provider {self.name}: {operation} timed out after {timeout:g} s"
                 )
+                self._failed(operation, permit, error.message)
             except CircuitOpen:
                 # A nested breaker refused it (a pool of pools): not this provider's fault.
                 self.breaker.release(permit)
                 raise
             except ProviderError as exc:
-                self._failed(operation, permit)
+                self._failed(operation, permit, exc.message)
                 if not exc.retryable:
                     raise
                 error = exc
@@ -164,8 +164,8 @@ class ResilientProvider:
             await self._sleep(delay)
             attempt += 1
 
-    def _failed(self, operation: str, permit: Permit | None) -> None:
-        self.breaker.failure(permit)
+    def _failed(self, operation: str, permit: Permit | None, error: str) -> None:
+        self.breaker.failure(permit, error)
         if self._observer is not None:
             try:
                 self._observer.provider_call_failed(self.name, operation)

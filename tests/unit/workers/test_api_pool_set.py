@@ -49,5 +49,5 @@ async def test_listing_shows_each_provider_breaker_and_prewarm_takes_a_pool_name
     assert by_name["docker"]["breaker"]["state"] == "open"
     assert by_name["docker"]["breaker"]["opened_at"] == clock.now
     assert by_name["local"]["breaker"] == {
-        "state": "closed", "opened_at": None, "calls": 1, "failures": 0,
+        "state": "closed", "opened_at": None, "calls": 1, "failures": 0, "last_error": None,
     }  # fmt: skip

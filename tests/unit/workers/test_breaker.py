@@ -43,7 +43,9 @@ def test_starts_closed_and_lets_calls_through(breaker: CircuitBreaker) -> None:
     assert breaker.state is BreakerState.CLOSED
     permit = breaker.acquire()
     assert permit == Permit(probe=False, generation=0)
-    assert breaker.status() == {"state": "closed", "opened_at": None, "calls": 0, "failures": 0}
+    assert breaker.status() == {
+        "state": "closed", "opened_at": None, "calls": 0, "failures": 0, "last_error": None
+    }  # fmt: skip
 
 
 def test_few_calls_never_open_it_whatever_failed(breaker: CircuitBreaker) -> None:
@@ -228,3 +230,14 @@ def test_a_failing_listener_does_not_break_the_breaker(clock: Clock) -> None:
     b = CircuitBreaker("x", clock=clock, on_change=boom)
     trip(b)
     assert b.state is BreakerState.OPEN
+
+
+def test_an_open_breaker_says_what_the_last_failure_was() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("docker", clock=clock)
+    for _ in range(20):
+        breaker.failure(breaker.acquire(), "cannot reach the docker daemon (no such socket)")
+    with pytest.raises(CircuitOpen) as refused:
+        breaker.acquire()
+    assert "last error: cannot reach the docker daemon (no such socket)" in refused.value.message
+    assert breaker.status()["last_error"] == "cannot reach the docker daemon (no such socket)"
