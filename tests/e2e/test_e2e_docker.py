@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from docker_env import BUSYBOX_IMAGE, containers, require_docker
+from docker_env import BUSYBOX_IMAGE, containers, remove_containers, require_docker
 
 ROOT = Path(__file__).resolve().parents[2]
 FAENA = [str(Path(sys.executable).parent / "faena")]
@@ -36,15 +37,10 @@ def test_the_docker_example_runs_its_service_and_reports_oom(tmp_path: Path) -> 
     done = faena_run(tmp_path, text)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
-    env = {**os.environ, "FAENA_HOME": str(tmp_path / "home")}
-    logs = subprocess.run(
-        [*FAENA, "logs", "last", "web"], capture_output=True, text=True, env=env, cwd=tmp_path
-    )
+    logs = faena(tmp_path, "logs", "last", "web")
     assert "hello from a faena service" in logs.stdout, logs.stdout + logs.stderr
     assert "out of memory (limit 32 MiB)" in out
     # Everything of a finished job is removed: its containers carry the temp dir's path.
-    owner = f"faena.owner={os.uname().nodename}:{(tmp_path / 'home' / 'workspaces').resolve()}"
-    assert containers(owner) == []
 
 
 def test_a_missing_image_fails_at_once_naming_it(tmp_path: Path) -> None:
@@ -76,13 +72,44 @@ jobs:
     assert "never\n" not in done.stdout
 
 
-def test_runs_list_the_worker_as_docker(tmp_path: Path) -> None:
+def test_steps_run_inside_the_container_not_on_this_host(tmp_path: Path) -> None:
     done = faena_run(
         tmp_path, f"jobs:\n  a:\n    image: {BUSYBOX_IMAGE}\n    steps: [{{run: 'hostname'}}]\n"
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    env = {**os.environ, "FAENA_HOME": str(tmp_path / "home")}
-    listed = subprocess.run(
-        [*FAENA, "runs", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path
+    logs = faena(tmp_path, "logs", "last", "a").stdout
+    # Docker names a container's host after the container id; this host is not that.
+    assert re.search(r"^[0-9a-f]{12}$", logs, re.M), logs
+    assert socket.gethostname() not in logs
+
+
+def test_keep_failed_leaves_the_stopped_container_and_success_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    owner = f"faena.owner={socket.gethostname()}:{(tmp_path / 'home' / 'workspaces').resolve()}"
+    ok = faena_run(
+        tmp_path, f"jobs:\n  a:\n    image: {BUSYBOX_IMAGE}\n    steps: [{{run: 'true'}}]\n"
     )
-    assert json.loads(listed.stdout)[0]["state"] == "SUCCEEDED"
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert containers(owner) == []
+    try:
+        failed = faena_run(
+            tmp_path,
+            f"jobs:\n  a:\n    image: {BUSYBOX_IMAGE}\n    keep-failed: 1h\n"
+            "    steps: [{run: 'echo evidence > kept.txt; exit 3'}]\n",
+        )
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        kept = containers(owner)
+        assert len(kept) == 1  # stopped, there to inspect
+        state = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Running}}", kept[0]],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert state == "false"
+    finally:
+        remove_containers(owner)
+
+
+def faena(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FAENA_HOME": str(tmp_path / "home")}
+    return subprocess.run([*FAENA, *args], capture_output=True, text=True, env=env, cwd=tmp_path)
