@@ -301,14 +301,11 @@ class DockerProvider:
 
     async def _start(self, request: WorkerRequest, paths: WorkerPaths) -> _Live:
         image = request.image or self._image
-        for name in [image, *(s.image for s in request.services)]:
-            await self._daemon.ensure_image(name)
         try:
             paths.workspace.mkdir(parents=True, exist_ok=True)
             paths.temp.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise ProviderError(f"cannot create worker {request.worker_id!r}: {exc}") from exc
-        docker = await self._daemon.client()
         labels = self._labels(request, "job")
         host: dict[str, Any] = {
             "Binds": [f"{paths.root}:{paths.root}"],
@@ -326,9 +323,8 @@ class DockerProvider:
             "HostConfig": host,
         }
         name = f"faena-{request.worker_id}"
-        container = await self._daemon.call(
-            f"cannot create the container of worker {request.worker_id} from {image!r}",
-            docker.containers.create(config, name=name),
+        container = await self._daemon.create_container(
+            config, name, f"cannot create the container of worker {request.worker_id}"
         )
         live = _Live(container.id, image, request.resources)
         try:
@@ -347,7 +343,6 @@ class DockerProvider:
         return live
 
     async def _start_service(self, request: WorkerRequest, service: ServiceSpec, job: str) -> str:
-        docker = await self._daemon.client()
         config: dict[str, Any] = {
             "Image": service.image,
             "Env": [f"{k}={v}" for k, v in service.env.items()],
@@ -358,7 +353,7 @@ class DockerProvider:
             config["Cmd"] = list(service.command)
         name = f"faena-{request.worker_id}-{service.name}"
         what = f"cannot start service {service.name!r} ({service.image})"
-        container = await self._daemon.call(what, docker.containers.create(config, name=name))
+        container = await self._daemon.create_container(config, name, what)
         await self._daemon.call(what, container.start())
         return str(container.id)
 
