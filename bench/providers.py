@@ -116,8 +116,8 @@ async def main() -> None:
         try:
             await warm.prewarm()
             for _ in range(args.jobs):
-                await measure("bare", first_line_of_process(
-                    "docker", "run", "--rm", "--network", "none", args.image, "echo", "started"))  # fmt: skip
+                bare = ("docker", "run", "--rm", "--network", "none", args.image, *STEP.split())
+                await measure("bare", first_line_of_process(*bare))
                 await measure("docker", first_line_of_worker(docker, "d"))
                 await measure("warm", first_line_of_worker(warm, "w"))
                 await warm.prewarm()  # refill, off the clock
