@@ -17,11 +17,11 @@ from faena.spec import load_pipeline, parse_pipeline
 from faena.spec.faena_yml import (
     JOB_FIELDS,
     PIPELINE_FIELDS,
-    RESOURCES_FIELDS,
     RETRY_FIELDS,
     STEP_FIELDS,
     STRATEGY_FIELDS,
 )
+from faena.spec.worker_fields import RESOURCES_FIELDS
 
 
 def parse(text: str, filename: str = "faena.yml") -> PipelineSpec:
