@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -34,11 +33,14 @@ from faena.scheduling.nodes import NodeRegistry
 from faena.settings import Settings, SettingsError
 from faena.store.port import Store
 from faena.store.sql import SqlStore
+from faena.workers.autoscaler import Autoscaler
 from faena.workers.pool import WorkerPool
+from faena.workers.pool_config import PoolConfigError, parse_pools
+from faena.workers.pools import PoolSet, breaker_states, build_pool_set
 from faena.workers.port import Worker, WorkerProvider
 from faena.workers.providers.docker import DockerProvider
 from faena.workers.providers.local import LocalProvider
-from faena.workers.resilient import ResilientProvider
+from faena.workers.resilient import CallObserver, ResilientProvider
 
 if TYPE_CHECKING:
     from faena.telemetry.metrics import Metrics, MetricsRecorder
@@ -137,10 +139,19 @@ class App:
         self.local = LocalProvider(
             settings.workspaces, keep_workspace=settings.keep_workspace, base_env=step_env()
         )
-        self.chosen = provider or worker_provider(settings, settings.workspaces, self.local)
+        self.chosen = provider or worker_provider(
+            settings, settings.workspaces, self.local, observer=metrics
+        )
         # Warm workers (POST /api/v1/workers) are handed to the next jobs of this node.
-        self.pool = WorkerPool(self.chosen)
+        self.pool: WorkerPool | PoolSet = (
+            self.chosen if isinstance(self.chosen, PoolSet) else WorkerPool(self.chosen)
+        )
         self.provider: WorkerProvider = self.pool
+        # Named pools keep their warm workers within [min, max] from demand.
+        self.autoscaler = Autoscaler(self.pool) if isinstance(self.pool, PoolSet) else None
+        if metrics is not None:
+            pool = self.pool
+            metrics.add_breaker_source(lambda: breaker_states(pool))
         self.runner = JobRunner(self.provider, InProcessControlPlane(self.orchestrator, self.logs))
         self.local_agent = local_agent
         self.debug = DebugBroker(
@@ -200,6 +211,8 @@ class App:
         if self.local_agent:
             await self.registry.add_local(NODE_ID, self.settings.jobs, self.provider.name)
             await self.agent.start()
+            if self.autoscaler is not None:
+                self.autoscaler.start()
         await self.registry.start()
 
     def begin_shutdown(self) -> None:
@@ -229,10 +242,13 @@ class App:
         await self.leadership.close()
         await self.registry.close()
         await self.agent.close()
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
         await self.pool.close()
         await self.local.close()
-        if self.chosen is not self.local and isinstance(self.chosen, ResilientProvider):
-            await self.chosen.close()  # the docker provider's connection to the daemon
+        for inner in provider_adapters(self.chosen):
+            if inner is not self.local and isinstance(inner, DockerProvider):
+                await inner.close()  # the connection to the daemon
         await self.dispatcher.close()
         await self.scheduler.close()
         await self.orchestrator.stop()
@@ -261,12 +277,14 @@ class App:
 PROVIDERS = ("local", "docker")
 
 
-def worker_provider(settings: Settings, root: Path, local: LocalProvider) -> WorkerProvider:
-    """The provider ``settings.provider`` names; docker behind timeouts, retries, a breaker."""
-    if settings.provider == "local":
+def provider_named(
+    name: str, settings: Settings, root: Path, local: LocalProvider
+) -> WorkerProvider:
+    """The bare adapter of provider ``name`` (no timeouts, retries or breaker)."""
+    if name == "local":
         return local
-    if settings.provider == "docker":
-        docker = DockerProvider(
+    if name == "docker":
+        return DockerProvider(
             root / "docker",
             image=settings.docker_image,
             owner=f"{socket.gethostname()}:{root.resolve()}",
@@ -274,15 +292,41 @@ def worker_provider(settings: Settings, root: Path, local: LocalProvider) -> Wor
             pull=settings.docker_pull,
             keep_workspace=settings.keep_workspace,
         )
-        return ResilientProvider(docker)
-    raise SettingsError(
-        f"unknown provider {settings.provider!r}: use one of {', '.join(PROVIDERS)}"
-    )
+    raise SettingsError(f"unknown provider {name!r}: use one of {', '.join(PROVIDERS)}")
 
 
-def build_agent(settings: Settings, config: AgentConfig, provider: str) -> RemoteAgent:
-    """A remote agent running jobs through the named provider."""
-    settings = replace(settings, provider=provider)
+def worker_provider(
+    settings: Settings, root: Path, local: LocalProvider, *, observer: CallObserver | None = None
+) -> WorkerProvider:
+    """What runs this node's jobs: the named pools of ``settings.pools`` (a PoolSet), or
+    the one ``settings.provider``; every provider but local behind timeouts, retries and a
+    breaker (in pools, local too: it shares their routing and fallback)."""
+    if settings.pools:
+        try:
+            configs = parse_pools(settings.pools, providers=PROVIDERS)
+        except PoolConfigError as exc:
+            raise SettingsError(exc.message) from None
+        if not configs:
+            raise SettingsError("FAENA_POOLS names no pool (e.g. 'docker:provider=docker')")
+        adapters = {c.provider: provider_named(c.provider, settings, root, local) for c in configs}
+        return build_pool_set(configs, adapters, observer=observer)
+    chosen = provider_named(settings.provider, settings, root, local)
+    return chosen if chosen is local else ResilientProvider(chosen, observer=observer)
+
+
+def provider_adapters(chosen: WorkerProvider) -> list[WorkerProvider]:
+    """The bare adapters behind ``chosen`` (through a PoolSet and resilience wrappers)."""
+    found: list[WorkerProvider] = []
+    layers = [m.pool.provider for m in chosen.members] if isinstance(chosen, PoolSet) else [chosen]
+    for layer in layers:
+        inner = layer.inner if isinstance(layer, ResilientProvider) else layer
+        if all(inner is not f for f in found):
+            found.append(inner)
+    return found
+
+
+def build_agent(settings: Settings, config: AgentConfig) -> RemoteAgent:
+    """A remote agent running jobs through the provider (or pools) the settings name."""
     home = settings.home / "agent"
     home.mkdir(parents=True, exist_ok=True)
     lock = (home / "lock").open("a")
@@ -302,9 +346,9 @@ def build_agent(settings: Settings, config: AgentConfig, provider: str) -> Remot
         # A killed agent leaves its jobs' processes (or containers) behind: they must not
         # run on.
         swept = await local.sweep_leftovers()
-        inner = chosen.inner if isinstance(chosen, ResilientProvider) else chosen
-        if isinstance(inner, DockerProvider):
-            swept += await inner.reap_orphans()
+        for inner in provider_adapters(chosen):
+            if isinstance(inner, DockerProvider):
+                swept += await inner.reap_orphans()
         if swept:
             log.warning("removed %d worker(s) a previous agent left behind", swept)
 

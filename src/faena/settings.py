@@ -44,6 +44,8 @@ class Settings:
     docker_image: str = "debian:bookworm-slim"  # for jobs that name no image
     docker_network: str | None = None  # None: the daemon's default network
     docker_pull: bool = False
+    # Named pools, each bound to a provider (docs/pools.md); None: one pool of ``provider``.
+    pools: str | None = None
 
     def replica_name(self) -> str:
         """This replica's stable name: its consumers on the bus are named after it."""
@@ -97,6 +99,8 @@ class Settings:
             values["docker_network"] = e["FAENA_DOCKER_NETWORK"]
         if e.get("FAENA_DOCKER_PULL"):
             values["docker_pull"] = _bool(e["FAENA_DOCKER_PULL"], "FAENA_DOCKER_PULL")
+        if e.get("FAENA_POOLS", "").strip():
+            values["pools"] = e["FAENA_POOLS"]
         if e.get("FAENA_REPLICA"):
             values["replica"] = e["FAENA_REPLICA"]
         if e.get("FAENA_METRICS_TOKEN"):

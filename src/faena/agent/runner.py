@@ -242,7 +242,7 @@ class JobRunner:
         state = _JobState()
         try:
             await self._control.worker_created(
-                a.assignment_id, a.job_id, worker_id, self._provider.name, dict(worker.info)
+                a.assignment_id, a.job_id, worker_id, worker.provider, dict(worker.info)
             )
             await self._run_steps(a, worker, live, state)
         finally:

@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import sys
+from dataclasses import replace
 
 import httpx
 
@@ -62,6 +63,23 @@ def server_url(text: str) -> str:
     return text
 
 
+def pool_labels(settings: Settings) -> list[str]:
+    """The default labels of the agent's provider, or of each of its pools' providers plus
+    the labels the pools serve (jobs are sent to agents by these)."""
+    if not settings.pools:
+        return default_labels(settings.provider)
+    from faena.workers.pool_config import PoolConfigError, parse_pools
+
+    try:
+        pools = parse_pools(settings.pools)
+    except PoolConfigError as exc:
+        raise SettingsError(exc.message) from None
+    found: list[str] = []
+    for pool in pools:
+        found += [*default_labels(pool.provider), *sorted(pool.labels)]
+    return list(dict.fromkeys(found))
+
+
 def agent_command(
     *,
     server: str | None,
@@ -69,7 +87,7 @@ def agent_command(
     name: str | None,
     labels: str | None,
     capacity: str | None,
-    provider: str,
+    provider: str | None,
     jobs: int | None,
 ) -> int:
     from faena.agent.remote import AgentConfig
@@ -89,7 +107,9 @@ def agent_command(
             raise SettingsError(
                 f"--labels: {label!r} is not a label (letters, digits, '.', '_', '-'; at most 64)"
             )
-    every = list(dict.fromkeys([*given, *default_labels(provider)]))
+    # An explicit --provider wins over FAENA_POOLS; pools add the labels they serve.
+    settings = Settings.from_env(jobs=jobs, provider=provider, pools="" if provider else None)
+    every = list(dict.fromkeys([*given, *pool_labels(settings)]))
     slots = jobs
     if "cpu" in cap:
         cpu = cap["cpu"]
@@ -97,7 +117,7 @@ def agent_command(
             raise SettingsError(f"--capacity cpu={cpu}: expected a whole number from 1 to 1024")
         if slots is None:
             slots = int(cpu)
-    settings = Settings.from_env(jobs=slots)
+    settings = replace(settings, jobs=slots or settings.jobs)
     config = AgentConfig(
         server=servers[0],
         fallbacks=tuple(servers[1:]),
@@ -110,7 +130,7 @@ def agent_command(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # One line per HTTP request would bury what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    agent = build_agent(settings, config, provider)
+    agent = build_agent(settings, config)
     print(
         f"faena agent {config.name}: {config.slots} slot(s), labels {', '.join(every)}; "
         f"server {url}",

@@ -298,7 +298,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return agent_command(server=args.server, token=args.token, name=args.name,
                              labels=args.labels, capacity=args.capacity,
-                             provider=args.provider or os.environ.get("FAENA_PROVIDER") or "local",
+                             provider=args.provider,
                              jobs=args.jobs)  # fmt: skip
     if args.command == "nodes":
         from faena.cli import client

@@ -47,9 +47,12 @@ def run_command(
     if pause is not None:
         spec = replace(spec, pause_on_failure=pause)
     settings = Settings.from_env(
-        jobs=jobs, keep_workspace=keep_workspace or None, provider=provider
+        jobs=jobs,
+        keep_workspace=keep_workspace or None,
+        provider=provider,
+        pools="" if provider else None,  # an explicit --provider wins over FAENA_POOLS
     )
-    local = settings.provider == "local"
+    local = settings.provider == "local" and not settings.pools
     unenforced = sorted(
         {f for j in spec.jobs.values() for f, used in
          (("runs-on", j.runs_on), ("image", j.image and local),

@@ -67,6 +67,8 @@ class Autoscaler:
         self._clock = clock
         self._sleep = sleep
         self._task: asyncio.Task[None] | None = None
+        # One pass at a time: two would both see the same shortfall and overshoot max.
+        self._passing = asyncio.Lock()
         self.last: list[Decision] = []  # the latest pass, for the curious
 
     def target(self, m: Member) -> tuple[int, int]:
@@ -77,7 +79,8 @@ class Autoscaler:
 
     async def reconcile(self) -> list[Decision]:
         """One pass over every pool; never raises for a pool's failures."""
-        decisions = [await self._reconcile(m) for m in self.pools.members]
+        async with self._passing:
+            decisions = [await self._reconcile(m) for m in self.pools.members]
         self.last = decisions
         return decisions
 
