@@ -45,8 +45,7 @@ from faena.workers.port import (
     Worker,
     WorkerRequest,
 )
-from faena.workers.providers.docker_daemon import DockerDaemon, Unreachable
-from faena.workers.providers.docker_scripts import (
+from faena.workers.providers.container_scripts import (
     DEFAULT_SHELL,
     KEEPALIVE,
     KILL,
@@ -54,6 +53,7 @@ from faena.workers.providers.docker_scripts import (
     WRAPPER,
     oom_kill_count,
 )
+from faena.workers.providers.docker_daemon import DockerDaemon, Unreachable
 from faena.workers.providers.exit_codes import EXIT_CANCELLED, EXIT_KILLED, EXIT_TIMED_OUT
 from faena.workers.providers.output_pipe import OutputPipe, PipeDrainer, close_fds, wait_for_exit
 from faena.workers.providers.shells import ShellError, fill_template, parse_shell
