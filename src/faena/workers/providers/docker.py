@@ -56,6 +56,7 @@ from faena.workers.providers.container_scripts import (
 from faena.workers.providers.docker_daemon import DockerDaemon, Unreachable
 from faena.workers.providers.exit_codes import EXIT_CANCELLED, EXIT_KILLED, EXIT_TIMED_OUT
 from faena.workers.providers.output_pipe import OutputPipe, PipeDrainer, close_fds, wait_for_exit
+from faena.workers.providers.service_health import wait_healthy
 from faena.workers.providers.shells import ShellError, fill_template, parse_shell
 from faena.workers.providers.step_result import (
     RunningStep,
@@ -359,33 +360,16 @@ class DockerProvider:
 
     async def _wait_healthy(self, service: ServiceSpec, cid: str) -> None:
         """Run the health command until it passes; a service never healthy fails the job."""
-        if service.health is None:
-            return
-        health = service.health
-        last = ""
-        for _ in range(max(health.retries, 1)):
+
+        async def exited() -> str | None:
             state = await self._daemon.inspect(cid)
-            if not state.get("Running"):
-                tail = await self._daemon.logs_tail(cid)
-                raise ProviderError(
-                    f"service {service.name!r} ({service.image}) exited with code "
-                    f"{state.get('ExitCode')} before it was healthy{tail}",
-                    retryable=False,
-                )
-            try:
-                code, last = await asyncio.wait_for(
-                    self._daemon.exec_capture(cid, ["sh", "-c", health.cmd]), health.timeout
-                )
-            except TimeoutError:
-                code, last = -1, f"health check timed out after {health.timeout:g}s"
-            if code == 0:
-                return
-            await asyncio.sleep(health.interval)
-        tail = await self._daemon.logs_tail(cid)
-        raise ProviderError(
-            f"service {service.name!r} ({service.image}) never became healthy after "
-            f"{health.retries} checks of {health.cmd!r}: {last.strip()[-300:]}{tail}",
-            retryable=False,
+            return None if state.get("Running") else f"exited with code {state.get('ExitCode')}"
+
+        await wait_healthy(
+            service,
+            exited,
+            lambda argv: self._daemon.exec_capture(cid, argv),
+            lambda: self._daemon.logs_tail(cid),
         )
 
     def _labels(self, request: WorkerRequest, role: str) -> dict[str, str]:
