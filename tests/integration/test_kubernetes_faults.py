@@ -19,6 +19,7 @@ from faena.workers.resilient import ResilientProvider
 from kube_fake.running import RunningFake, running_fake
 
 GUARD = 90.0
+HTTPD = "exec httpd -f -p 127.0.0.1:8080 -h /www"
 
 
 @pytest.fixture
@@ -166,12 +167,7 @@ async def test_service_is_reached_at_localhost(provider: KubernetesProvider) -> 
     service = ServiceSpec(
         name="web",
         image=BUSYBOX_IMAGE,
-        command=[
-            "sh",
-            "-c",
-            "mkdir -p /www && echo hello > /www/index.html && "
-            "exec httpd -f -p 127.0.0.1:8080 -h /www",
-        ],  # fmt: skip
+        command=["sh", "-c", "mkdir -p /www && echo hello > /www/index.html && " + HTTPD],
         health=HealthCheck(cmd="wget -qO- http://127.0.0.1:8080/", interval=0.1, retries=50),
     )
     worker = await asyncio.wait_for(provider.create(request(services=(service,))), GUARD)
