@@ -11,7 +11,14 @@ import pytest
 
 from docker_env import BUSYBOX_IMAGE, TOOLS_IMAGE, require_docker
 from faena.domain.spec import HealthCheck, Resources, ServiceSpec
-from faena.workers.port import ExecRequest, OutputLine, ProviderError, Worker, WorkerRequest
+from faena.workers.port import (
+    ExecRequest,
+    ExecResult,
+    OutputLine,
+    ProviderError,
+    Worker,
+    WorkerRequest,
+)
 from faena.workers.providers.kubernetes import KubernetesProvider
 from faena.workers.providers.kubernetes_api import KubeApi, KubeConnection
 from faena.workers.providers.kubernetes_pods import ANNOTATION_KEPT_UNTIL, pod_name
@@ -62,6 +69,25 @@ def request(**fields: object) -> WorkerRequest:
                          **fields)  # type: ignore[arg-type]  # fmt: skip
 
 
+async def one_step(
+    provider: KubernetesProvider, worker_request: WorkerRequest, script: str
+) -> tuple[ExecResult, list[OutputLine]]:
+    """Create a worker, run one step in it, destroy it: the step's result and lines."""
+    worker = await asyncio.wait_for(provider.create(worker_request), GUARD)
+    lines: list[OutputLine] = []
+
+    async def sink(line: OutputLine) -> None:
+        lines.append(line)
+
+    try:
+        result = await asyncio.wait_for(
+            provider.exec(worker, ExecRequest("s", script), sink), GUARD
+        )
+    finally:
+        await provider.destroy(worker)
+    return result, lines
+
+
 def posts(fake: RunningFake, namespace: str) -> int:
     return sum(1 for line in fake.kube.requests if line == f"POST pods {namespace}")
 
@@ -102,17 +128,8 @@ async def test_matching_node_selector_schedules(provider: KubernetesProvider) ->
 
 async def test_out_of_memory_names_the_limit(provider: KubernetesProvider) -> None:
     resources = Resources(memory=64 * 1024 * 1024)
-    worker = await asyncio.wait_for(provider.create(request(resources=resources)), GUARD)
-    lines: list[OutputLine] = []
-
-    async def sink(line: OutputLine) -> None:
-        lines.append(line)
-
-    try:
-        step = ExecRequest("hog", "python3 -c 'b = bytearray(512 * 1024 * 1024); print(len(b))'")
-        result = await asyncio.wait_for(provider.exec(worker, step, sink), GUARD)
-    finally:
-        await provider.destroy(worker)
+    hog = "python3 -c 'b = bytearray(512 * 1024 * 1024); print(len(b))'"
+    result, lines = await one_step(provider, request(resources=resources), hog)
     assert result.exit_code == 137
     assert result.reason is not None
     assert result.reason.startswith("out of memory (limit 64 MiB)")
@@ -170,17 +187,8 @@ async def test_service_is_reached_at_localhost(provider: KubernetesProvider) -> 
         command=["sh", "-c", "mkdir -p /www && echo hello > /www/index.html && " + HTTPD],
         health=HealthCheck(cmd="wget -qO- http://127.0.0.1:8080/", interval=0.1, retries=50),
     )
-    worker = await asyncio.wait_for(provider.create(request(services=(service,))), GUARD)
-    lines: list[OutputLine] = []
-
-    async def sink(line: OutputLine) -> None:
-        lines.append(line)
-
-    try:
-        step = ExecRequest("get", "wget -qO- http://localhost:8080/")
-        result = await asyncio.wait_for(provider.exec(worker, step, sink), GUARD)
-    finally:
-        await provider.destroy(worker)
+    get = "wget -qO- http://localhost:8080/"
+    result, lines = await one_step(provider, request(services=(service,)), get)
     assert result.exit_code == 0, lines
     assert [line.text for line in lines] == ["hello"]
 

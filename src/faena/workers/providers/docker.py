@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faena.domain.durations import format_size
 from faena.domain.spec import Resources, ServiceSpec
 from faena.workers.port import (
     ExecRequest,
@@ -52,6 +51,7 @@ from faena.workers.providers.container_scripts import (
     OOM_KILLS,
     WRAPPER,
     oom_kill_count,
+    oom_reason,
 )
 from faena.workers.providers.docker_daemon import DockerDaemon, Unreachable
 from faena.workers.providers.exit_codes import EXIT_CANCELLED, EXIT_KILLED, EXIT_TIMED_OUT
@@ -64,6 +64,7 @@ from faena.workers.providers.step_result import (
     emitter,
     failed_to_start,
     result_of,
+    told,
 )
 from faena.workers.providers.worker_dirs import (
     WorkerPaths,
@@ -233,9 +234,7 @@ class DockerProvider:
         elif stop == "cancelled":
             exit_code = EXIT_CANCELLED
         elif exit_code == EXIT_KILLED:
-            reason = await self._oom_reason(live)
-            if reason:
-                await emit("stderr", f"faena: {reason}".encode())
+            reason = await told(emit, await self._oom_reason(live))
         return await result_of(emit, started, exit_code, stop, output, reason)
 
     async def cancel(self, worker: Worker, exec_id: str) -> None:
@@ -411,9 +410,7 @@ class DockerProvider:
             kills = oom_kill_count(text)
             if kills > live.oom_kills:
                 live.oom_kills = kills
-                limit = live.resources.memory
-                where = f"limit {format_size(limit)}" if limit else "no memory limit set"
-                return f"out of memory ({where}): the kernel killed a process of this step"
+                return oom_reason(live.resources.memory)
         return None
 
     def _worker(self, worker_id: str, paths: WorkerPaths, live: _Live) -> Worker:

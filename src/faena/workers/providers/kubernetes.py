@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faena.domain.durations import format_size
 from faena.domain.spec import Resources, ServiceSpec
 from faena.workers.port import (
     ExecRequest,
@@ -53,6 +52,7 @@ from faena.workers.providers.container_scripts import (
     KILL_FROM_PIDFILE,
     OOM_KILLS,
     oom_kill_count,
+    oom_reason,
 )
 from faena.workers.providers.exit_codes import EXIT_CANCELLED, EXIT_KILLED, EXIT_TIMED_OUT
 from faena.workers.providers.kubernetes_api import ApiGone, KubeApi, KubeConnection
@@ -92,6 +92,7 @@ from faena.workers.providers.step_result import (
     emitter,
     failed_to_start,
     result_from,
+    told,
 )
 
 __all__ = ["DEFAULT_IMAGE", "KubernetesProvider", "kubernetes_provider_from_env"]
@@ -227,8 +228,7 @@ class KubernetesProvider:
                         await waiter
                     await channels.close()
         except ProviderError:
-            if stop is None and (oom := await self._container_oom(live)) is not None:
-                await emit("stderr", f"faena: {oom}".encode())
+            if stop is None and (oom := await told(emit, await self._container_oom(live))):
                 return ExecResult(EXIT_KILLED, (time.monotonic() - started) * 1000, reason=oom)
             raise
         finally:
@@ -246,9 +246,7 @@ class KubernetesProvider:
                 )
             output = None  # the wrapper stopped before the step: its stderr said why
         elif exit_code == EXIT_KILLED:
-            reason = await self._oom_reason(live)
-            if reason:
-                await emit("stderr", f"faena: {reason}".encode())
+            reason = await told(emit, await self._oom_reason(live))
         return await result_from(emit, started, exit_code, stop, output, reason)
 
     async def cancel(self, worker: Worker, exec_id: str) -> None:
@@ -463,7 +461,7 @@ class KubernetesProvider:
             kills = oom_kill_count(text)
             if kills > live.oom_kills:
                 live.oom_kills = kills
-                return _oom_text(live.resources)
+                return oom_reason(live.resources.memory)
         return None
 
     async def _container_oom(self, live: _Live) -> str | None:
@@ -472,7 +470,9 @@ class KubernetesProvider:
             pod = await self._api.read_pod(self.namespace, live.pod)
             ended = container_terminated(pod, JOB_CONTAINER)
             if ended is not None and ended.get("reason") == "OOMKilled":
-                return _oom_text(live.resources).replace("a process of this step", "the pod")
+                return oom_reason(live.resources.memory).replace(
+                    "a process of this step", "the pod"
+                )
         return None
 
     def _worker(self, worker_id: str, live: _Live) -> Worker:
@@ -515,12 +515,6 @@ def _lexically_inside(relative: str | None) -> str:
     if target != WORKSPACE and not target.startswith(WORKSPACE + "/"):
         raise PathEscapeError(f"working directory {relative!r} is outside the workspace")
     return target
-
-
-def _oom_text(resources: Resources) -> str:
-    limit = resources.memory
-    where = f"limit {format_size(limit)}" if limit else "no memory limit set"
-    return f"out of memory ({where}): the kernel killed a process of this step"
 
 
 def _float(text: str) -> float:

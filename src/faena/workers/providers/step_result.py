@@ -102,5 +102,12 @@ async def result_from(
     )
 
 
+async def told(emit: Emit, reason: str | None) -> str | None:
+    """``reason`` (what the provider knows of a failure), also said on the step's stderr."""
+    if reason:
+        await emit("stderr", f"faena: {reason}".encode())
+    return reason
+
+
 def ms_since(started: float) -> float:
     return (time.monotonic() - started) * 1000.0
