@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pytest
+from kubernetes_harness import KubernetesHarness
 
 from components import missing
 from docker_env import TOOLS_IMAGE, remove_containers, require_docker
@@ -41,6 +42,7 @@ from faena.workers.port import (
 from faena.workers.providers.docker import DockerProvider
 from faena.workers.providers.local import LocalProvider, kill_worker_processes
 from faena.workers.resilient import ResilientProvider
+from process_probe import innermost_pid, processes_with_env
 
 T = TypeVar("T")
 
@@ -156,37 +158,8 @@ HARNESSES: dict[str, Callable[[Path], Harness]] = {
     "local": LocalHarness,
     "docker": DockerHarness,
     "resilient-local": ResilientLocalHarness,
+    "kubernetes": KubernetesHarness,
 }
-
-
-def processes_with_env(variable: str) -> list[int]:
-    """Pids (not ours, not zombies) whose environment holds ``variable``; faena-independent."""
-    needle = variable.encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            stat = (entry / "stat").read_bytes()
-        except OSError:
-            continue
-        state = stat[stat.rfind(b")") + 2 :].split()[0]
-        if state not in (b"Z", b"X") and needle in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
-
-
-def innermost_pid(pid: int) -> int:
-    """A host pid as its own (innermost) pid namespace numbers it."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return pid
-    for line in status.splitlines():
-        if line.startswith("NSpid:"):
-            return int(line.split()[-1])
-    return pid
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faena.domain.durations import format_size
 from faena.domain.spec import Resources, ServiceSpec
 from faena.workers.port import (
     ExecRequest,
@@ -45,17 +44,19 @@ from faena.workers.port import (
     Worker,
     WorkerRequest,
 )
-from faena.workers.providers.docker_daemon import DockerDaemon, Unreachable
-from faena.workers.providers.docker_scripts import (
+from faena.workers.providers.container_scripts import (
     DEFAULT_SHELL,
     KEEPALIVE,
     KILL,
     OOM_KILLS,
     WRAPPER,
     oom_kill_count,
+    oom_reason,
 )
+from faena.workers.providers.docker_daemon import DockerDaemon, Unreachable
 from faena.workers.providers.exit_codes import EXIT_CANCELLED, EXIT_KILLED, EXIT_TIMED_OUT
 from faena.workers.providers.output_pipe import OutputPipe, PipeDrainer, close_fds, wait_for_exit
+from faena.workers.providers.service_health import wait_healthy
 from faena.workers.providers.shells import ShellError, fill_template, parse_shell
 from faena.workers.providers.step_result import (
     RunningStep,
@@ -63,6 +64,7 @@ from faena.workers.providers.step_result import (
     emitter,
     failed_to_start,
     result_of,
+    told,
 )
 from faena.workers.providers.worker_dirs import (
     WorkerPaths,
@@ -232,9 +234,7 @@ class DockerProvider:
         elif stop == "cancelled":
             exit_code = EXIT_CANCELLED
         elif exit_code == EXIT_KILLED:
-            reason = await self._oom_reason(live)
-            if reason:
-                await emit("stderr", f"faena: {reason}".encode())
+            reason = await told(emit, await self._oom_reason(live))
         return await result_of(emit, started, exit_code, stop, output, reason)
 
     async def cancel(self, worker: Worker, exec_id: str) -> None:
@@ -359,33 +359,16 @@ class DockerProvider:
 
     async def _wait_healthy(self, service: ServiceSpec, cid: str) -> None:
         """Run the health command until it passes; a service never healthy fails the job."""
-        if service.health is None:
-            return
-        health = service.health
-        last = ""
-        for _ in range(max(health.retries, 1)):
+
+        async def exited() -> str | None:
             state = await self._daemon.inspect(cid)
-            if not state.get("Running"):
-                tail = await self._daemon.logs_tail(cid)
-                raise ProviderError(
-                    f"service {service.name!r} ({service.image}) exited with code "
-                    f"{state.get('ExitCode')} before it was healthy{tail}",
-                    retryable=False,
-                )
-            try:
-                code, last = await asyncio.wait_for(
-                    self._daemon.exec_capture(cid, ["sh", "-c", health.cmd]), health.timeout
-                )
-            except TimeoutError:
-                code, last = -1, f"health check timed out after {health.timeout:g}s"
-            if code == 0:
-                return
-            await asyncio.sleep(health.interval)
-        tail = await self._daemon.logs_tail(cid)
-        raise ProviderError(
-            f"service {service.name!r} ({service.image}) never became healthy after "
-            f"{health.retries} checks of {health.cmd!r}: {last.strip()[-300:]}{tail}",
-            retryable=False,
+            return None if state.get("Running") else f"exited with code {state.get('ExitCode')}"
+
+        await wait_healthy(
+            service,
+            exited,
+            lambda argv: self._daemon.exec_capture(cid, argv),
+            lambda: self._daemon.logs_tail(cid),
         )
 
     def _labels(self, request: WorkerRequest, role: str) -> dict[str, str]:
@@ -427,9 +410,7 @@ class DockerProvider:
             kills = oom_kill_count(text)
             if kills > live.oom_kills:
                 live.oom_kills = kills
-                limit = live.resources.memory
-                where = f"limit {format_size(limit)}" if limit else "no memory limit set"
-                return f"out of memory ({where}): the kernel killed a process of this step"
+                return oom_reason(live.resources.memory)
         return None
 
     def _worker(self, worker_id: str, paths: WorkerPaths, live: _Live) -> Worker:

@@ -65,14 +65,31 @@ async def result_of(
 ) -> ExecResult:
     """The result of a step that ran, with what it wrote to ``$FAENA_OUTPUT`` (a malformed
     file fails a successful step, and says why on stderr)."""
-    outputs: dict[str, str] = {}
+    text: str | None = None
     try:
         # A small file the step just wrote, on local disk: not worth a thread hop.
         text = output.read_text(encoding="utf-8", errors="replace")  # noqa: ASYNC240
-        outputs = parse_output_file(text)
     except FileNotFoundError:
         pass  # the step deleted it, or destroy raced us: no outputs
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        await emit("stderr", f"faena: invalid $FAENA_OUTPUT: {exc}".encode())
+        exit_code = exit_code or 1
+    return await result_from(emit, started, exit_code, stop, text, reason)
+
+
+async def result_from(
+    emit: Emit,
+    started: float,
+    exit_code: int,
+    stop: Stop | None,
+    output: str | None,
+    reason: str | None = None,
+) -> ExecResult:
+    """``result_of`` for a ``$FAENA_OUTPUT`` already read (from a pod); None: no file."""
+    outputs: dict[str, str] = {}
+    try:
+        outputs = parse_output_file(output) if output is not None else {}
+    except ValueError as exc:
         await emit("stderr", f"faena: invalid $FAENA_OUTPUT: {exc}".encode())
         exit_code = exit_code or 1
     return ExecResult(
@@ -83,6 +100,13 @@ async def result_of(
         outputs=outputs,
         reason=reason,
     )
+
+
+async def told(emit: Emit, reason: str | None) -> str | None:
+    """``reason`` (what the provider knows of a failure), also said on the step's stderr."""
+    if reason:
+        await emit("stderr", f"faena: {reason}".encode())
+    return reason
 
 
 def ms_since(started: float) -> float:

@@ -1,22 +1,21 @@
-"""The shell snippets the docker provider runs inside a worker's containers.
+"""The shell snippets the container providers (docker, kubernetes) run inside a worker.
 
-They need only a POSIX ``sh`` with ``kill``, ``sleep``, ``tr`` and ``grep`` (busybox has
-them), so any image a job names can run them.
+They need only a POSIX ``sh`` with ``kill``, ``sleep``, ``tr``, ``grep``, ``cat`` and
+``mkfifo`` (busybox has them), so any image a job names can run them.
 """
 
 from __future__ import annotations
+
+from faena.domain.durations import format_size
 
 DEFAULT_SHELL = "__faena_default_shell__"
 
 # PID 1 is Docker's init (it reaps orphans); this loop only keeps the container up.
 KEEPALIVE = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
 
-# $1 stdout FIFO, $2 stderr FIFO, $3 pid file; then the shell's argv. fd 3 keeps the exec's
-# stream open until the wrapper itself exits; the step's processes never get it.
-WRAPPER = r"""
-out=$1 err=$2 pidfile=$3; shift 3
-echo $$ > "$pidfile"
-exec 3>&1 >"$out" 2>"$err" </dev/null
+# The step's argv is "$@": the default shell becomes bash (with pipefail) where the image has
+# it, else sh; a shell that is not on PATH fails the step with 127, saying so on its stderr.
+SHELL_CHOICE = r"""
 if [ "$1" = __faena_default_shell__ ]; then
   shift
   if command -v bash >/dev/null 2>&1; then set -- bash --noprofile --norc -eo pipefail "$@"
@@ -27,8 +26,21 @@ case "$1" in
   *) command -v "$1" >/dev/null 2>&1 || {
        echo "faena: shell '$1' not found on PATH" >&2; exit 127; } ;;
 esac
+"""
+
+# Docker: $1 stdout FIFO, $2 stderr FIFO, $3 pid file; then the shell's argv. fd 3 keeps the
+# exec's stream open until the wrapper itself exits; the step's processes never get it.
+WRAPPER = (
+    r"""
+out=$1 err=$2 pidfile=$3; shift 3
+echo $$ > "$pidfile"
+exec 3>&1 >"$out" 2>"$err" </dev/null
+"""
+    + SHELL_CHOICE
+    + r"""
 "$@" 3>&-
 """
+)
 
 # $1 the wrapper's pid, $2 grace in ticks of 50 ms, $3 the step's mark: SIGTERM the members
 # of its process group and session, and what left both (busybox's timeout does) but carries
@@ -60,6 +72,12 @@ while m=$(members); [ -n "$m" ] && [ $i -lt 200 ]; do
 done
 """
 
+# KILL for a step whose wrapper wrote its pid to the file $1 (a pod: no shared filesystem to
+# read it from first); nothing to do while the file is empty (the wrapper has not started).
+KILL_FROM_PIDFILE = (
+    'set -- "$(cat "$1" 2>/dev/null)" "$2" "$3"\n[ "${1:-0}" -gt 1 ] 2>/dev/null || exit 0\n' + KILL
+)
+
 OOM_KILLS = (
     "cat /sys/fs/cgroup/memory.events 2>/dev/null"
     " || cat /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null"
@@ -67,8 +85,15 @@ OOM_KILLS = (
 
 
 def oom_kill_count(text: str) -> int:
+    """The ``oom_kill`` counter of a cgroup's memory events (v2) or oom_control (v1)."""
     for line in text.splitlines():
         key, _, value = line.partition(" ")
         if key == "oom_kill" and value.strip().isdigit():
             return int(value)
     return 0
+
+
+def oom_reason(memory_limit: int) -> str:
+    """What a step killed for memory is told, naming the container's limit."""
+    where = f"limit {format_size(memory_limit)}" if memory_limit else "no memory limit set"
+    return f"out of memory ({where}): the kernel killed a process of this step"

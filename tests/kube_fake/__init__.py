@@ -1,0 +1,1 @@
+"""A fake Kubernetes API server backed by the real dockerd (see server.py and pods.py)."""
