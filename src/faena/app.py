@@ -37,7 +37,7 @@ from faena.workers.autoscaler import Autoscaler
 from faena.workers.pool import WorkerPool
 from faena.workers.pool_config import PoolConfigError, parse_pools
 from faena.workers.pools import PoolSet, breaker_states, build_pool_set
-from faena.workers.port import Worker, WorkerProvider
+from faena.workers.port import DaemonBackedProvider, Worker, WorkerProvider
 from faena.workers.providers.docker import DockerProvider
 from faena.workers.providers.local import LocalProvider
 from faena.workers.resilient import CallObserver, ResilientProvider
@@ -247,8 +247,8 @@ class App:
         await self.pool.close()
         await self.local.close()
         for inner in provider_adapters(self.chosen):
-            if inner is not self.local and isinstance(inner, DockerProvider):
-                await inner.close()  # the connection to the daemon
+            if isinstance(inner, DaemonBackedProvider):
+                await inner.close()  # the connection to the daemon or cluster
         await self.dispatcher.close()
         await self.scheduler.close()
         await self.orchestrator.stop()
@@ -274,7 +274,7 @@ class App:
         await self.bus.publish(requested)
 
 
-PROVIDERS = ("local", "docker")
+PROVIDERS = ("local", "docker", "kubernetes")
 
 
 def provider_named(
@@ -283,15 +283,21 @@ def provider_named(
     """The bare adapter of provider ``name`` (no timeouts, retries or breaker)."""
     if name == "local":
         return local
+    owner = f"{socket.gethostname()}:{root.resolve()}"
     if name == "docker":
         return DockerProvider(
             root / "docker",
             image=settings.docker_image,
-            owner=f"{socket.gethostname()}:{root.resolve()}",
+            owner=owner,
             network=settings.docker_network,
             pull=settings.docker_pull,
             keep_workspace=settings.keep_workspace,
         )
+    if name == "kubernetes":
+        # Imported here: kubernetes_asyncio costs start-up time every other run would pay.
+        from faena.workers.providers.kubernetes import kubernetes_provider_from_env
+
+        return kubernetes_provider_from_env(owner=owner, keep_workspace=settings.keep_workspace)
     raise SettingsError(f"unknown provider {name!r}: use one of {', '.join(PROVIDERS)}")
 
 
@@ -347,7 +353,7 @@ def build_agent(settings: Settings, config: AgentConfig) -> RemoteAgent:
         # run on.
         swept = await local.sweep_leftovers()
         for inner in provider_adapters(chosen):
-            if isinstance(inner, DockerProvider):
+            if isinstance(inner, DaemonBackedProvider):
                 swept += await inner.reap_orphans()
         if swept:
             log.warning("removed %d worker(s) a previous agent left behind", swept)

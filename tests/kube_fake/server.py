@@ -93,8 +93,8 @@ class FakeKube:
     def pod(self, namespace: str, name: str) -> FakePod | None:
         return self._objects["pods"].get((namespace, name))
 
-    def pods_named(self) -> list[str]:
-        return [name for (_, name) in self._objects["pods"]]
+    def pods_named(self, namespace: str | None = None) -> list[str]:
+        return [n for (ns, n) in self._objects["pods"] if namespace in (None, ns)]
 
     # -- bookkeeping --------------------------------------------------------------------
 

@@ -103,9 +103,9 @@ def command_parser(name: str) -> argparse.ArgumentParser:
                             "(e.g. 10m)")  # fmt: skip
 
     def provider_flag() -> None:
-        p.add_argument("--provider", default=None, choices=["local", "docker"],
-                       help="where jobs run: local processes or docker containers "
-                            "(env FAENA_PROVIDER, default local)")  # fmt: skip
+        p.add_argument("--provider", default=None, choices=["local", "docker", "kubernetes"],
+                       help="where jobs run: local processes, docker containers or "
+                            "kubernetes pods (env FAENA_PROVIDER, default local)")  # fmt: skip
 
     if name == "run":
         pipeline_file()

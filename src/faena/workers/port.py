@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from faena.domain.errors import ErrorCode, FaenaError
 from faena.domain.spec import Resources, ServiceSpec
@@ -128,4 +128,17 @@ class WorkerProvider(Protocol):
     async def destroy(self, worker: Worker, keep_for: float | None = None) -> None:
         """Stop everything left in the worker and release it; idempotent. ``keep_for``:
         seconds to leave its stopped remains for inspection before they are reaped."""
+        ...
+
+
+@runtime_checkable
+class DaemonBackedProvider(Protocol):
+    """A provider whose workers live in a daemon or cluster that outlives this process."""
+
+    async def reap_orphans(self) -> int:
+        """Remove the workers a previous process of this owner left behind; how many."""
+        ...
+
+    async def close(self) -> None:
+        """Close the connection to the daemon or cluster."""
         ...

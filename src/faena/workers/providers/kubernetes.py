@@ -489,7 +489,7 @@ class KubernetesProvider:
 
 
 def kubernetes_provider_from_env(
-    environ: dict[str, str] | None = None, *, owner: str = "faena"
+    environ: dict[str, str] | None = None, *, owner: str = "faena", keep_workspace: bool = False
 ) -> KubernetesProvider:
     """A provider configured by FAENA_K8S_NAMESPACE, FAENA_K8S_IMAGE,
     FAENA_K8S_SERVICE_ACCOUNT, FAENA_K8S_IN_CLUSTER, FAENA_K8S_CONTEXT and KUBECONFIG."""
@@ -506,6 +506,7 @@ def kubernetes_provider_from_env(
         service_account=env.get("FAENA_K8S_SERVICE_ACCOUNT") or None,
         owner=owner,
         connection=connection,
+        keep_workspace=keep_workspace,
     )
 
 

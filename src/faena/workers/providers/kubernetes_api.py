@@ -73,7 +73,7 @@ class KubeApi:
                 body = await response.read()
                 status = response.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ProviderError(f"{what}: cannot reach the Kubernetes API ({exc!r})") from exc
+            raise ProviderError(f"{what}: {unreachable(exc)}") from exc
         if 200 <= status < 300:
             if raw:
                 return body.decode(errors="replace")
@@ -211,7 +211,7 @@ class KubeApi:
         except aiohttp.WSServerHandshakeError as exc:
             raise api_error(what, exc.status, str(exc.message).encode()) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ProviderError(f"{what}: cannot reach the Kubernetes API ({exc!r})") from exc
+            raise ProviderError(f"{what}: {unreachable(exc)}") from exc
         try:
             yield ExecChannels(ws, what)
         finally:
@@ -332,3 +332,15 @@ async def _configuration(connection: KubeConnection) -> Any:
     except Exception as exc:
         raise ProviderError(f"cannot load the Kubernetes configuration: {exc}") from exc
     return configuration
+
+
+def unreachable(exc: BaseException) -> str:
+    """Why the API server could not be reached, in words rather than aiohttp's repr."""
+    import aiohttp
+
+    if isinstance(exc, TimeoutError):
+        return "the Kubernetes API did not answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        why = exc.os_error.strerror or str(exc.os_error)
+        return f"cannot reach the Kubernetes API at {exc.host}:{exc.port} ({why})"
+    return f"cannot reach the Kubernetes API ({exc})"
