@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,42 @@ def test_keep_failed_leaves_the_stopped_container_and_success_leaves_nothing(
 def faena(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FAENA_HOME": str(tmp_path / "home")}
     return subprocess.run([*FAENA, *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+
+
+def test_a_container_killed_from_outside_fails_its_job_and_spares_the_other(
+    tmp_path: Path,
+) -> None:
+    owner = f"faena.owner={socket.gethostname()}:{(tmp_path / 'home' / 'workspaces').resolve()}"
+    file = tmp_path / "faena.yml"
+    file.write_text(
+        f"jobs:\n  victim:\n    image: {BUSYBOX_IMAGE}\n"
+        "    steps: [{run: 'echo started; sleep 60'}]\n"
+        f"  bystander:\n    image: {BUSYBOX_IMAGE}\n    steps: [{{run: 'sleep 3; echo ok'}}]\n"
+    )
+    env = {**os.environ, "FAENA_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(
+        [*FAENA, "run", "--provider", "docker", "-j", "2", str(file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        victim = None
+        for _ in range(240):  # the step's sleep shows in `docker top` once it runs
+            for cid in containers(owner):
+                top = subprocess.run(["docker", "top", cid], capture_output=True, text=True)
+                if "sleep 60" in top.stdout:
+                    victim = cid
+            if victim:
+                break
+            time.sleep(0.25)
+        assert victim, "the victim's step never started"
+        subprocess.run(["docker", "kill", victim], capture_output=True, check=True)
+        out, _ = proc.communicate(timeout=120)
+        left = containers(owner)  # the killed one too: removed once its job ended
+    finally:
+        proc.kill()
+        remove_containers(owner)
+    assert left == [], out
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    assert "the worker's container stopped" in out, out
+    assert "bystander succeeded" in out, out

@@ -53,7 +53,7 @@ from faena.workers.providers.container_scripts import (
     oom_kill_count,
     oom_reason,
 )
-from faena.workers.providers.docker_daemon import DockerDaemon, Unreachable
+from faena.workers.providers.docker_daemon import DockerDaemon, Unreachable, describe
 from faena.workers.providers.exit_codes import EXIT_CANCELLED, EXIT_KILLED, EXIT_TIMED_OUT
 from faena.workers.providers.output_pipe import OutputPipe, PipeDrainer, close_fds, wait_for_exit
 from faena.workers.providers.service_health import wait_healthy
@@ -404,9 +404,20 @@ class DockerProvider:
                                                      str(leader), ticks, running.mark])  # fmt: skip
 
     async def _oom_reason(self, live: _Live) -> str | None:
-        """'out of memory (limit ...)' when the container's cgroup saw a new OOM kill."""
-        with contextlib.suppress(ProviderError):
+        """'out of memory (limit ...)' when the container's cgroup saw a new OOM kill; or
+        that the container stopped, when it was killed from outside."""
+        try:
             _, text = await self._daemon.exec_capture(live.container_id, ["sh", "-c", OOM_KILLS])
+        except ProviderError as exc:
+            # No command runs in it any more: it was killed or removed from outside (its
+            # state may still read "running" for a moment while the daemon catches up).
+            state: dict[str, object] = {}
+            with contextlib.suppress(ProviderError):
+                state = await self._daemon.inspect(live.container_id)
+            if state and not state.get("Running"):
+                return f"the worker's container stopped ({describe(state)})"
+            return f"the worker's container stopped ({exc})"
+        else:
             kills = oom_kill_count(text)
             if kills > live.oom_kills:
                 live.oom_kills = kills

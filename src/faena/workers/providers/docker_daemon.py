@@ -158,14 +158,19 @@ class DockerDaemon:
 
     async def exec_capture(self, cid: str, cmd: list[str]) -> tuple[int, str]:
         """Run a command in a container; its exit code and output (for health checks)."""
+        import aiodocker
+
         docker = await self.client()
         container = docker.containers.container(cid)
         what = "cannot run a command in a container"
         execution = await self.call(what, container.exec(cmd, stdout=True, stderr=True))
         chunks: list[bytes] = []
-        async with execution.start(detach=False) as stream:
-            while (message := await self.call(what, stream.read_out())) is not None:
-                chunks.append(message.data)
+        try:
+            async with execution.start(detach=False) as stream:
+                while (message := await self.call(what, stream.read_out())) is not None:
+                    chunks.append(message.data)
+        except aiodocker.DockerError as exc:  # starting it: e.g. the container stopped
+            raise ProviderError(f"{what}: {exc.message}") from exc
         info = await self.call(what, execution.inspect())
         return int(info.get("ExitCode") or 0), b"".join(chunks).decode(errors="replace")
 
