@@ -20,7 +20,7 @@ from faena.bus.memory import MemoryBus
 from faena.bus.port import EventBus
 from faena.bus.relay import OutboxRelay
 from faena.domain.events import Event
-from faena.domain.states import JobState
+from faena.domain.states import JobState, RunState
 from faena.orchestration.agent_gateway import AgentGateway
 from faena.orchestration.control_plane import InProcessControlPlane
 from faena.orchestration.debug import DebugBroker
@@ -37,7 +37,7 @@ from faena.workers.autoscaler import Autoscaler
 from faena.workers.pool import WorkerPool
 from faena.workers.pool_config import PoolConfigError, parse_pools
 from faena.workers.pools import PoolSet, breaker_states, build_pool_set
-from faena.workers.port import DaemonBackedProvider, Worker, WorkerProvider
+from faena.workers.port import DaemonBackedProvider, ProviderError, Worker, WorkerProvider
 from faena.workers.providers.docker import DockerProvider
 from faena.workers.providers.local import LocalProvider
 from faena.workers.resilient import CallObserver, ResilientProvider
@@ -209,11 +209,30 @@ class App:
         await self.scheduler.start()
         await self.dispatcher.start()
         if self.local_agent:
+            await self._reap_ended_runs()
             await self.registry.add_local(NODE_ID, self.settings.jobs, self.provider.name)
             await self.agent.start()
             if self.autoscaler is not None:
                 self.autoscaler.start()
         await self.registry.start()
+
+    async def _reap_ended_runs(self) -> None:
+        """Remove containers or pods an earlier process left for runs that have ended (a
+        daemon that was down when they finished, say); other processes' runs go on."""
+
+        async def ended(run_id: str) -> bool:
+            run = await self.store.get_run(run_id) if run_id else None
+            return run is None or RunState(run["state"]).terminal
+
+        for inner in provider_adapters(self.chosen):
+            if isinstance(inner, DaemonBackedProvider):
+                try:
+                    swept = await inner.reap_orphans(ended)
+                except ProviderError as exc:
+                    log.warning("could not look for leftover workers: %s", exc.message)
+                    continue
+                if swept:
+                    log.info("removed %d worker(s) of ended runs", swept)
 
     def begin_shutdown(self) -> None:
         """The server is stopping: agents are not lost for missing it, polls end now."""

@@ -8,11 +8,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from docker_env import BUSYBOX_IMAGE, containers, remove_containers, require_docker
+from docker_env import (
+    BUSYBOX_IMAGE,
+    PrivateDockerd,
+    containers,
+    remove_containers,
+    require_docker,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FAENA = [str(Path(sys.executable).parent / "faena")]
@@ -153,3 +160,93 @@ def test_a_container_killed_from_outside_fails_its_job_and_spares_the_other(
     assert "Traceback" not in out
     assert "the worker's container stopped" in out, out
     assert "bystander succeeded" in out, out
+
+
+@pytest.fixture
+def private_dockerd() -> Iterator[PrivateDockerd]:
+    daemon = PrivateDockerd()
+    try:
+        daemon.start()
+        daemon.load(BUSYBOX_IMAGE)
+        yield daemon
+    finally:
+        daemon.destroy()
+
+
+def stop_dockerd_mid_step(daemon: PrivateDockerd, proc: subprocess.Popen[str]) -> None:
+    for _ in range(240):  # the step's sleep shows in `docker top` once it runs
+        ids = daemon.docker("ps", "-q").stdout.split()
+        if any("sleep 6" in daemon.docker("top", c).stdout for c in ids):
+            break
+        if proc.poll() is not None:
+            raise AssertionError(f"faena ended first: {proc.communicate()[0]}")
+        time.sleep(0.25)
+    else:
+        raise AssertionError("the step never started")
+    daemon.stop()
+
+
+def test_dockerd_stopped_mid_job_fails_the_attempt_and_the_retry_runs_once_it_is_back(
+    tmp_path: Path, private_dockerd: PrivateDockerd
+) -> None:
+    file = tmp_path / "faena.yml"
+    file.write_text(
+        f"jobs:\n  build:\n    image: {BUSYBOX_IMAGE}\n    retry: {{max_attempts: 2, delay: 2s}}\n"
+        "    steps: [{run: 'echo attempt; sleep 6; echo built'}]\n"
+        f"  after:\n    image: {BUSYBOX_IMAGE}\n    needs: [build]\n"
+        "    steps: [{run: 'echo the run went on'}]\n"
+    )
+    env = {**os.environ, **private_dockerd.env(), "FAENA_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(
+        [*FAENA, "run", "--provider", "docker", str(file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        stop_dockerd_mid_step(private_dockerd, proc)
+        time.sleep(1.0)  # the attempt fails; its retry waits 2 s
+        private_dockerd.start()
+        out, _ = proc.communicate(timeout=180)
+        left = private_dockerd.docker("ps", "-aq").stdout.split()
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+    assert "build failed: step 'echo attempt; sleep 6; echo built': " in out, out
+    assert "cannot reach the docker daemon" in out, out
+    assert "build succeeded" in out, out
+    assert "the run went on" in faena(tmp_path, "logs", "last", "after").stdout
+    # The first attempt's container, stopped with the daemon, went once it was back.
+    assert left == [], out + private_dockerd.docker("ps", "-a").stdout
+
+
+def test_containers_a_stopped_dockerd_kept_are_removed_by_the_next_run(
+    tmp_path: Path, private_dockerd: PrivateDockerd
+) -> None:
+    file = tmp_path / "faena.yml"
+    file.write_text(
+        f"jobs:\n  build:\n    image: {BUSYBOX_IMAGE}\n"
+        "    steps: [{run: 'echo attempt; sleep 6; echo built'}]\n"
+    )
+    env = {**os.environ, **private_dockerd.env(), "FAENA_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(
+        [*FAENA, "run", "--provider", "docker", str(file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        stop_dockerd_mid_step(private_dockerd, proc)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    assert "cannot reach the docker daemon" in out, out
+    assert "its containers (label faena.worker=" in out and "remain" in out, out
+    private_dockerd.start()
+    assert len(private_dockerd.docker("ps", "-aq").stdout.split()) == 1
+    file.write_text(f"jobs:\n  next:\n    image: {BUSYBOX_IMAGE}\n    steps: [{{run: 'true'}}]\n")
+    again = subprocess.run(
+        [*FAENA, "run", "--provider", "docker", str(file)],
+        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert private_dockerd.docker("ps", "-aq").stdout.split() == []

@@ -65,8 +65,8 @@ async def provider(fake: RunningFake, namespace: str) -> AsyncIterator[Kubernete
 
 
 def request(**fields: object) -> WorkerRequest:
-    return WorkerRequest(worker_id=f"w-{uuid.uuid4().hex[:12]}", run_id="r", job_id="j",
-                         **fields)  # type: ignore[arg-type]  # fmt: skip
+    given = {"worker_id": f"w-{uuid.uuid4().hex[:12]}", "run_id": "r", "job_id": "j", **fields}
+    return WorkerRequest(**given)  # type: ignore[arg-type]
 
 
 async def one_step(
@@ -217,3 +217,27 @@ async def test_orphans_are_reaped_by_owner_label(fake: RunningFake, namespace: s
         for provider in (crashed, other, restarted):
             await provider.close()
     assert fake.kube.pod(namespace, pod_name(kept.worker_id)) is None
+
+
+async def test_reaping_with_ended_spares_the_pods_of_runs_still_going(
+    fake: RunningFake, namespace: str
+) -> None:
+    crashed = provider_for(fake, namespace, owner="agent-a")
+    done = await asyncio.wait_for(crashed.create(request(run_id="done")), GUARD)
+    going = await asyncio.wait_for(crashed.create(request(run_id="going")), GUARD)
+    restarted = provider_for(fake, namespace, owner="agent-a")
+    asked: list[str] = []
+
+    async def ended(run_id: str) -> bool:
+        asked.append(run_id)
+        return run_id == "done"
+
+    try:
+        assert await restarted.reap_orphans(ended) == 1
+        assert sorted(asked) == ["done", "going"]
+        assert fake.kube.pod(namespace, pod_name(done.worker_id)) is None
+        assert fake.kube.pod(namespace, pod_name(going.worker_id)) is not None
+    finally:
+        await restarted.destroy(Worker(going.worker_id, "kubernetes", ""))
+        for provider in (crashed, restarted):
+            await provider.close()

@@ -131,12 +131,17 @@ class WorkerProvider(Protocol):
         ...
 
 
+RunEnded = Callable[[str], Awaitable[bool]]
+"""Whether no live process may still drive a run (its workers are orphans): by run id."""
+
+
 @runtime_checkable
 class DaemonBackedProvider(Protocol):
     """A provider whose workers live in a daemon or cluster that outlives this process."""
 
-    async def reap_orphans(self) -> int:
-        """Remove the workers a previous process of this owner left behind; how many."""
+    async def reap_orphans(self, ended: RunEnded | None = None) -> int:
+        """Remove the workers a previous process of this owner left behind; how many.
+        With ``ended``, only those of runs for which it answers true."""
         ...
 
     async def close(self) -> None:

@@ -41,6 +41,7 @@ from faena.workers.port import (
     ExecResult,
     OutputSink,
     ProviderError,
+    RunEnded,
     Worker,
     WorkerRequest,
 )
@@ -133,6 +134,7 @@ class DockerProvider:
         self._daemon = DockerDaemon(url, pull=pull)
         self._workers: dict[str, _Live] = {}
         self._creating: dict[str, asyncio.Lock] = {}
+        self._unremoved: dict[str, list[str]] = {}  # worker id -> its known container ids
 
     # -- the WorkerProvider port -----------------------------------------------------------
 
@@ -143,6 +145,8 @@ class DockerProvider:
         async with lock:
             live = self._workers.get(request.worker_id)
             if live is None:
+                if self._unremoved:
+                    await self._remove_unremoved()
                 live = await self._start(request, paths)
                 self._workers[request.worker_id] = live
         return self._worker(request.worker_id, paths, live)
@@ -259,11 +263,19 @@ class DockerProvider:
                         timeout=self._kill_grace + _SIGKILL_WAIT,
                     )
             live.drainer.close()
-        ids = await self._containers_of(worker.worker_id, live is not None)
-        if live is not None:
-            ids = list(dict.fromkeys([*ids, live.container_id, *live.services.values()]))
-        for cid in ids:
-            await self._daemon.remove(cid, stop_only=keep_for is not None)
+        known = [live.container_id, *live.services.values()] if live is not None else []
+        try:
+            ids = await self._containers_of(worker.worker_id, live is not None)
+            for cid in dict.fromkeys([*ids, *known]):
+                await self._daemon.remove(cid, stop_only=keep_for is not None)
+        except Unreachable as exc:
+            if keep_for is not None:
+                raise
+            # The daemon is down (a restart, say): the job's ending must not wait for it.
+            # Removed at the next call that reaches the daemon, or by reap_orphans.
+            self._unremoved[worker.worker_id] = known
+            log.warning("worker %s: its containers are removed once the docker daemon "
+                        "answers again (%s)", worker.worker_id, exc.message)  # fmt: skip
         if keep_for is not None:
             mark_kept(paths, keep_for)
             return
@@ -277,18 +289,36 @@ class DockerProvider:
     # -- housekeeping ----------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Close the connection to the daemon."""
+        """Remove what an unreachable daemon kept us from removing, then disconnect."""
+        await self._remove_unremoved()
+        for wid in self._unremoved:
+            log.warning("worker %s: the docker daemon never answered again; its containers "
+                        "(label %s=%s) remain", wid, LABEL_WORKER, wid)  # fmt: skip
         await self._daemon.close()
 
-    async def reap_orphans(self) -> int:
+    async def _remove_unremoved(self) -> None:
+        for wid, known in list(self._unremoved.items()):
+            try:
+                ids = await self._containers_of(wid, True)
+                for cid in dict.fromkeys([*ids, *known]):
+                    await self._daemon.remove(cid)
+            except ProviderError:
+                return  # still down: next time
+            del self._unremoved[wid]
+
+    async def reap_orphans(self, ended: RunEnded | None = None) -> int:
         """Remove this owner's containers (and directories) that no live worker of this
-        process uses and no ``keep_for`` protects any more; returns how many workers."""
+        process uses and no ``keep_for`` protects any more (with ``ended``: of runs that
+        ended only); returns how many workers."""
         containers = await self._daemon.containers({"label": [f"{LABEL_OWNER}={self.owner}"]})
         now = time.time()
         orphans: set[str] = set()
         for c in containers:
-            wid = (c.get("Labels") or {}).get(LABEL_WORKER, "")
-            if not wid or wid in self._workers:
+            labels = c.get("Labels") or {}
+            wid = labels.get(LABEL_WORKER, "")
+            if not wid or wid in self._workers or wid in orphans:
+                continue
+            if ended is not None and not await ended(labels.get(LABEL_RUN, "")):
                 continue
             with contextlib.suppress(ProviderError):
                 if reap_after(worker_paths(self._root, wid).root) <= now:
@@ -407,22 +437,27 @@ class DockerProvider:
         """'out of memory (limit ...)' when the container's cgroup saw a new OOM kill; or
         that the container stopped, when it was killed from outside."""
         try:
-            _, text = await self._daemon.exec_capture(live.container_id, ["sh", "-c", OOM_KILLS])
+            code, text = await self._daemon.exec_capture(live.container_id, ["sh", "-c", OOM_KILLS])
         except ProviderError as exc:
-            # No command runs in it any more: it was killed or removed from outside (its
-            # state may still read "running" for a moment while the daemon catches up).
-            state: dict[str, object] = {}
-            with contextlib.suppress(ProviderError):
-                state = await self._daemon.inspect(live.container_id)
-            if state and not state.get("Running"):
-                return f"the worker's container stopped ({describe(state)})"
-            return f"the worker's container stopped ({exc})"
-        else:
+            code, text = -1, exc.message
+        if code == 0:
             kills = oom_kill_count(text)
             if kills > live.oom_kills:
                 live.oom_kills = kills
                 return oom_reason(live.resources.memory)
-        return None
+            return None
+        # The look itself failed (or was killed with it): the container was killed or
+        # removed from outside. Its state may read "running" a moment longer.
+        state: dict[str, object] = {}
+        for _ in range(40):
+            with contextlib.suppress(ProviderError):
+                state = await self._daemon.inspect(live.container_id)
+            if not state or not state.get("Running"):
+                break
+            await asyncio.sleep(_POLL)
+        if state.get("Running"):
+            return None  # it runs on: the step itself was killed
+        return f"the worker's container stopped ({describe(state)})"
 
     def _worker(self, worker_id: str, paths: WorkerPaths, live: _Live) -> Worker:
         info = {

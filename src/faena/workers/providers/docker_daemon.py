@@ -106,9 +106,14 @@ class DockerDaemon:
         except aiodocker.DockerError as exc:
             if exc.status in (404, 409):  # gone already, or being removed / not running
                 return
-            raise ProviderError(f"cannot remove container {cid[:12]}: {exc.message}") from exc
+            what = f"cannot remove container {cid[:12]}"
+            if exc.status == _UNREACHABLE:
+                message = f"{what}: cannot reach the docker daemon ({exc.message})"
+                raise Unreachable(message) from exc
+            raise ProviderError(f"{what}: {exc.message}") from exc
         except OSError as exc:
-            raise ProviderError(f"cannot reach the docker daemon ({exc})") from exc
+            raise Unreachable(f"cannot remove container {cid[:12]}: cannot reach the docker "
+                              f"daemon ({exc})") from exc  # fmt: skip
 
     async def inspect(self, cid: str) -> dict[str, Any]:
         docker = await self.client()

@@ -44,6 +44,7 @@ from faena.workers.port import (
     OutputSink,
     PathEscapeError,
     ProviderError,
+    RunEnded,
     Worker,
     WorkerRequest,
 )
@@ -62,6 +63,7 @@ from faena.workers.providers.kubernetes_pods import (
     ANNOTATION_WORKER,
     JOB_CONTAINER,
     LABEL_OWNER,
+    LABEL_RUN,
     TEMP,
     WORKSPACE,
     PodSettings,
@@ -289,9 +291,10 @@ class KubernetesProvider:
         """Close the connections to the API server."""
         await self._api.close()
 
-    async def reap_orphans(self) -> int:
+    async def reap_orphans(self, ended: RunEnded | None = None) -> int:
         """Delete this owner's pods that no live worker of this process uses and no
-        ``keep_for`` protects any more; returns how many."""
+        ``keep_for`` protects any more (with ``ended``: of runs that ended only); returns
+        how many."""
         found = await self._api.list_pods(
             self.namespace, labels=f"{LABEL_OWNER}={label_value(self.owner)}"
         )
@@ -303,6 +306,9 @@ class KubernetesProvider:
             name = str(meta.get("name", ""))
             kept = (meta.get("annotations") or {}).get(ANNOTATION_KEPT_UNTIL, "0")
             if not name or name in mine or kept == "never" or _float(kept) > now:
+                continue
+            run = str((meta.get("labels") or {}).get(LABEL_RUN, ""))
+            if ended is not None and not await ended(run):
                 continue
             if meta.get("deletionTimestamp") is None and await self._api.delete_pod(
                 self.namespace, name
