@@ -47,6 +47,9 @@ def test_the_docker_example_runs_its_service_and_reports_oom(tmp_path: Path) -> 
     assert done.returncode == 0, out
     logs = faena(tmp_path, "logs", "last", "web")
     assert "hello from a faena service" in logs.stdout, logs.stdout + logs.stderr
+    # The service's own log is kept with the job's, after its steps.
+    service = logs.stdout.split("--- service www\n", 1)[-1]
+    assert "url:/" in service and "response:200" in service, logs.stdout
     assert "out of memory (limit 32 MiB)" in out
     # Everything of a finished job is removed: its containers carry the temp dir's path.
 
@@ -69,7 +72,7 @@ jobs:
     services:
       db:
         image: {BUSYBOX_IMAGE}
-        command: sleep 1000
+        command: sh -c 'echo db is booting; sleep 1000'
         health: {{cmd: "false", interval: 50ms, retries: 3}}
     steps: [{{run: 'echo never'}}]
 """
@@ -78,6 +81,8 @@ jobs:
     assert done.returncode == 1, out
     assert "service 'db'" in out and "never became healthy" in out
     assert "never\n" not in done.stdout
+    logs = faena(tmp_path, "logs", "last", "a").stdout
+    assert "--- service db\ndb is booting" in logs, logs
 
 
 def test_steps_run_inside_the_container_not_on_this_host(tmp_path: Path) -> None:

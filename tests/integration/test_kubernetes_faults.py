@@ -4,6 +4,7 @@ each becomes a clear ProviderError, final where retrying cannot help."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -26,7 +27,7 @@ from faena.workers.resilient import ResilientProvider
 from kube_fake.running import RunningFake, running_fake
 
 GUARD = 90.0
-HTTPD = "exec httpd -f -p 127.0.0.1:8080 -h /www"
+HTTPD = "exec httpd -f -vv -p 127.0.0.1:8080 -h /www"
 
 
 @pytest.fixture
@@ -188,9 +189,20 @@ async def test_service_is_reached_at_localhost(provider: KubernetesProvider) -> 
         health=HealthCheck(cmd="wget -qO- http://127.0.0.1:8080/", interval=0.1, retries=50),
     )
     get = "wget -qO- http://localhost:8080/"
-    result, lines = await one_step(provider, request(services=(service,)), get)
+    kept: list[tuple[str, list[OutputLine]]] = []
+
+    async def keep(name: str, lines: list[OutputLine]) -> None:
+        kept.append((name, lines))
+
+    before = time.time()
+    result, lines = await one_step(provider, request(services=(service,), service_output=keep), get)
     assert result.exit_code == 0, lines
     assert [line.text for line in lines] == ["hello"]
+    # httpd -vv logs each request: the health checks' and the step's, timestamped.
+    assert [name for name, _ in kept] == ["web"]
+    texts = [line.text for line in kept[0][1]]
+    assert any("response:200" in text for text in texts), texts
+    assert all(before - 5 < line.ts < time.time() + 5 for line in kept[0][1])
 
 
 async def test_orphans_are_reaped_by_owner_label(fake: RunningFake, namespace: str) -> None:

@@ -212,7 +212,10 @@ class FakeKube:
             )
         docker = await self.pods.docker()
         tail = request.query.get("tailLines", "all")
-        lines = await docker.containers.container(cid).log(stdout=True, stderr=True, tail=tail)
+        stamped = request.query.get("timestamps", "false") == "true"
+        lines = await docker.containers.container(cid).log(
+            stdout=True, stderr=True, tail=tail, timestamps=stamped
+        )
         return web.Response(text="".join(lines), content_type="text/plain")
 
     # -- lists and watches --------------------------------------------------------------

@@ -219,6 +219,12 @@ class JobRunner:
 
     async def _run_accepted(self, a: Assignment, worker_id: str, live: _Live) -> None:
         job = a.job
+        service_logs: list[tuple[str, list[OutputLine]]] = []
+
+        async def keep_service_log(name: str, lines: list[OutputLine]) -> None:
+            # Only kept here: the provider hands them over inside destroy, under its timeout.
+            service_logs.append((name, lines))
+
         request = WorkerRequest(
             worker_id,
             a.run_id,
@@ -228,12 +234,14 @@ class JobRunner:
             resources=job.resources,
             services=tuple(job.services),
             runs_on=tuple(job.runs_on),
+            service_output=keep_service_log if job.services else None,
         )
         try:
             worker = await self._provider.create(request)
         except ProviderError as exc:
             with contextlib.suppress(ProviderError):
                 await self._provider.destroy(Worker(worker_id, self._provider.name, ""))
+            await self._send_service_logs(a, service_logs)
             await self._control.worker_failed(
                 a.assignment_id, a.job_id, worker_id, exc.message, exc.retryable
             )
@@ -247,6 +255,7 @@ class JobRunner:
             await self._run_steps(a, worker, live, state)
         finally:
             await asyncio.shield(self._destroy(a, worker, 1 if state.failed else 0))
+            await asyncio.shield(self._send_service_logs(a, service_logs))
         if live.revoked:
             result = JobResult("cancelled", message="cancelled")
         elif state.failed:
@@ -263,6 +272,20 @@ class JobRunner:
         except ProviderError:
             log.exception("could not destroy worker %s", worker.worker_id)
         await self._control.worker_terminated(a.assignment_id, a.job_id, worker.worker_id, code)
+
+    async def _send_service_logs(
+        self, a: Assignment, logs: list[tuple[str, list[OutputLine]]]
+    ) -> None:
+        """Each service's log under its own section, after the steps' (index past them)."""
+        names = [s.name for s in a.job.services]
+        for name, lines in logs:
+            index = len(a.job.steps) + (names.index(name) if name in names else len(names))
+            try:
+                await self._control.logs(a.run_id, a.job_id, a.attempt, index, lines)
+            except Exception:
+                log.warning("job %s: could not keep the log of service %s", a.job_id, name,
+                            exc_info=True)  # fmt: skip
+        logs.clear()
 
     async def _run_steps(self, a: Assignment, worker: Worker, live: _Live, st: _JobState) -> None:
         job = a.job

@@ -46,6 +46,7 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
         while len(names) <= index:
             names.append(str(len(names)))
         names[index] = step["name"]
+    names += [f"service {name}" for name in job.get("service_names") or []]
     return {
         "job_id": job["job_id"],
         "name": job["name"],

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from faena.cli.config import ClientConfig, resolve
+from faena.cli.log_sections import step_name
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 ENDED = (*TERMINAL, "SKIPPED")  # a job's ends
@@ -381,9 +382,7 @@ class FollowView:
         step = (ln["attempt"], ln["step_index"])
         if self.step.get(ln["job_id"]) != step:
             self.step[ln["job_id"]] = step
-            names = job.get("step_names") or [s.get("name") for s in job.get("steps", [])]
-            index = ln["step_index"]
-            self._emit(f"{prefix}--- {names[index] if index < len(names) else index}")
+            self._emit(f"{prefix}--- {step_name(job, ln['step_index'])}")
         self._emit(prefix + ln["text"])
 
     def finish(self, run: dict[str, Any]) -> None:

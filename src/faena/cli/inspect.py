@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from faena.cli.log_sections import step_name
 from faena.settings import Settings
 
 if TYPE_CHECKING:
@@ -336,11 +337,6 @@ class LogPrinter:
         if out:
             sys.stdout.write("\n".join(out) + "\n")
         sys.stdout.flush()
-
-
-def step_name(job: dict[str, Any], index: int) -> str:
-    names = job.get("step_names") or []
-    return str(names[index]) if index < len(names) else str(index)
 
 
 def stamp(ts: float) -> str:

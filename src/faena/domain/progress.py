@@ -42,6 +42,7 @@ def job_entry(job_id: str, job: JobSpec) -> dict[str, Any]:
         "name": job.name,
         "needs": list(job.needs),
         "steps": [display_name(s.name, {"matrix": job.matrix}) for s in job.steps],
+        "services": [s.name for s in job.services],
         "template": job.template,
         "matrix": dict(job.matrix),
         "continue_on_error": job.continue_on_error,

@@ -42,6 +42,8 @@ class JobRun:
     name: str
     needs: list[str]
     step_names: list[str]
+    # Their logs follow the steps' (log index len(step_names) + i), kept when the job ends.
+    service_names: list[str] = field(default_factory=list)
     template: str | None = None
     matrix: dict[str, Any] = field(default_factory=dict)
     continue_on_error: bool = False
@@ -243,6 +245,7 @@ def new_job(spec: dict[str, Any]) -> JobRun:
         name=spec.get("name", spec["key"]),
         needs=list(spec.get("needs", [])),
         step_names=list(spec.get("steps", [])),
+        service_names=list(spec.get("services", [])),
         template=spec.get("template"),
         matrix=dict(spec.get("matrix", {})),
         continue_on_error=bool(spec.get("continue_on_error", False)),

@@ -5,7 +5,8 @@ time), ``destroy`` always, whatever happened before. ``destroy`` is idempotent a
 call even if ``create`` failed halfway; afterwards no process of the worker is left
 running (with ``keep_for``, its stopped remains stay that long for inspection and are
 reaped after). ``create`` is idempotent by ``worker_id``; it starts the request's
-``services`` and waits for them to be healthy, and enforces its ``resources`` where the
+``services`` and waits for them to be healthy (their logs go to the request's
+``service_output`` before ``destroy`` removes them), and enforces its ``resources`` where the
 provider can (``enforces`` names which). ``cancel`` may be called concurrently
 with ``exec`` from another task and makes that ``exec`` return promptly with
 ``cancelled=True``. Providers raise ``ProviderError`` (WKM-PROV) for infrastructure
@@ -44,6 +45,10 @@ class PathEscapeError(FaenaError):
     code = ErrorCode.ORC_VALID
 
 
+ServiceOutput = Callable[[str, list["OutputLine"]], Awaitable[None]]
+"""Takes a service's log lines (by service name) before its worker is removed."""
+
+
 @dataclass(frozen=True)
 class WorkerRequest:
     """What a job attempt needs from its worker. ``labels`` are the node's; ``runs_on``
@@ -57,6 +62,7 @@ class WorkerRequest:
     resources: Resources = field(default_factory=Resources)
     services: tuple[ServiceSpec, ...] = ()
     runs_on: tuple[str, ...] = ()
+    service_output: ServiceOutput | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from faena.workers.port import (
     OutputSink,
     ProviderError,
     RunEnded,
+    ServiceOutput,
     Worker,
     WorkerRequest,
 )
@@ -58,6 +59,7 @@ from faena.workers.providers.docker_daemon import DockerDaemon, Unreachable, des
 from faena.workers.providers.exit_codes import EXIT_CANCELLED, EXIT_KILLED, EXIT_TIMED_OUT
 from faena.workers.providers.output_pipe import OutputPipe, PipeDrainer, close_fds, wait_for_exit
 from faena.workers.providers.service_health import wait_healthy
+from faena.workers.providers.service_logs import TAIL_LINES, hand_over
 from faena.workers.providers.shells import ShellError, fill_template, parse_shell
 from faena.workers.providers.step_result import (
     RunningStep,
@@ -99,6 +101,7 @@ class _Live:
     running: dict[str, _Exec] = field(default_factory=dict)
     drainer: PipeDrainer = field(default_factory=PipeDrainer)
     oom_kills: int = 0
+    service_output: ServiceOutput | None = None
 
 
 @dataclass
@@ -263,6 +266,7 @@ class DockerProvider:
                         timeout=self._kill_grace + _SIGKILL_WAIT,
                     )
             live.drainer.close()
+            await self._keep_service_logs(live)
         known = [live.container_id, *live.services.values()] if live is not None else []
         try:
             ids = await self._containers_of(worker.worker_id, live is not None)
@@ -356,7 +360,7 @@ class DockerProvider:
         container = await self._daemon.create_container(
             config, name, f"cannot create the container of worker {request.worker_id}"
         )
-        live = _Live(container.id, image, request.resources)
+        live = _Live(container.id, image, request.resources, service_output=request.service_output)
         try:
             await self._daemon.call(f"cannot start container {name}", container.start())
             for service in request.services:
@@ -366,6 +370,8 @@ class DockerProvider:
             for service in request.services:
                 await self._wait_healthy(service, live.services[service.name])
         except BaseException:
+            with contextlib.suppress(Exception):
+                await self._keep_service_logs(live)
             for cid in [container.id, *live.services.values()]:
                 with contextlib.suppress(Exception):
                     await self._daemon.remove(cid)
@@ -386,6 +392,15 @@ class DockerProvider:
         container = await self._daemon.create_container(config, name, what)
         await self._daemon.call(what, container.start())
         return str(container.id)
+
+    async def _keep_service_logs(self, live: _Live) -> None:
+        for name, cid in live.services.items():
+            try:
+                text = await self._daemon.log_text(cid, TAIL_LINES)
+            except ProviderError as exc:
+                log.warning("service %s: %s", name, exc.message)
+                continue
+            await hand_over(live.service_output, name, text)
 
     async def _wait_healthy(self, service: ServiceSpec, cid: str) -> None:
         """Run the health command until it passes; a service never healthy fails the job."""

@@ -132,6 +132,18 @@ class DockerDaemon:
                 return f"; its last output:\n{text}"
         return ""
 
+    async def log_text(self, cid: str, lines: int) -> str:
+        """The last ``lines`` of a container's output (both streams), each line prefixed
+        with its RFC 3339 time."""
+        docker = await self.client()
+        got = await self.call(
+            f"cannot read the log of container {cid[:12]}",
+            docker.containers.container(cid).log(
+                stdout=True, stderr=True, tail=lines, timestamps=True
+            ),
+        )
+        return "".join(got)
+
     async def run_exec(
         self, cid: str, cmd: list[str], env: dict[str, str] | None, workdir: str | None
     ) -> int:

@@ -45,6 +45,7 @@ from faena.workers.port import (
     PathEscapeError,
     ProviderError,
     RunEnded,
+    ServiceOutput,
     Worker,
     WorkerRequest,
 )
@@ -87,6 +88,7 @@ from faena.workers.providers.kubernetes_status import (
 )
 from faena.workers.providers.output_pipe import wait_for_exit
 from faena.workers.providers.service_health import wait_healthy
+from faena.workers.providers.service_logs import TAIL_LINES, hand_over
 from faena.workers.providers.shells import ShellError, fill_template, parse_shell
 from faena.workers.providers.step_result import (
     RunningStep,
@@ -116,6 +118,7 @@ class _Live:
     services: tuple[str, ...] = ()
     running: dict[str, _Exec] = field(default_factory=dict)
     oom_kills: int = 0
+    service_output: ServiceOutput | None = None
 
 
 @dataclass
@@ -272,6 +275,7 @@ class KubernetesProvider:
                         asyncio.gather(*(r.done.wait() for r in live.running.values())),
                         timeout=self._kill_grace + _SIGKILL_WAIT,
                     )
+            await self._keep_service_logs(live)
         if keep_for is not None or self._keep_workspace:
             until = "never" if keep_for is None else f"{time.time() + keep_for:.0f}"
             await self._keep(name, until, known=live is not None)
@@ -327,13 +331,15 @@ class KubernetesProvider:
         except ProviderError as exc:
             if "(HTTP 409)" not in str(exc) or not await self._same_worker(name, request):
                 raise
-        live = _Live(name, image, request.resources, tuple(s.name for s in request.services))
+        live = _Live(name, image, request.resources, tuple(s.name for s in request.services),
+                     service_output=request.service_output)  # fmt: skip
         try:
             await asyncio.wait_for(self._until_running(name), self._create_timeout)
             for service in request.services:
                 await self._wait_healthy(name, service)
         except TimeoutError:
             with contextlib.suppress(Exception):
+                await asyncio.shield(self._keep_service_logs(live))
                 await asyncio.shield(self._delete(name))
             raise ProviderError(
                 f"pod {self.namespace}/{name} was not running after "
@@ -341,9 +347,22 @@ class KubernetesProvider:
             ) from None
         except BaseException:
             with contextlib.suppress(Exception):
+                await asyncio.shield(self._keep_service_logs(live))
                 await asyncio.shield(self._delete(name))
             raise
         return live
+
+    async def _keep_service_logs(self, live: _Live) -> None:
+        for service in live.services:
+            try:
+                text = await self._api.pod_log(
+                    self.namespace, live.pod, service_container(service), TAIL_LINES,
+                    timestamps=True,
+                )  # fmt: skip
+            except ProviderError as exc:
+                log.warning("service %s: %s", service, exc.message)
+                continue
+            await hand_over(live.service_output, service, text)
 
     async def _same_worker(self, name: str, request: WorkerRequest) -> bool:
         """A pod of that name exists: it is this worker's (a retried create) or a clash."""

@@ -120,8 +120,11 @@ class KubeApi:
             body,
         )
 
-    async def pod_log(self, namespace: str, name: str, container: str, lines: int) -> str:
-        """The last ``lines`` of a container's log."""
+    async def pod_log(
+        self, namespace: str, name: str, container: str, lines: int, *, timestamps: bool = False
+    ) -> str:
+        """The last ``lines`` of a container's log (each line prefixed with its RFC 3339
+        time with ``timestamps``)."""
         text: str = await self._call(
             f"cannot read the log of {namespace}/{name} ({container})",
             "read_namespaced_pod_log",
@@ -129,6 +132,7 @@ class KubeApi:
             namespace,
             container=container,
             tail_lines=lines,
+            timestamps=timestamps,
             raw=True,
         )
         return text
