@@ -6,8 +6,6 @@ They need only a POSIX ``sh`` with ``kill``, ``sleep``, ``tr``, ``grep``, ``cat`
 
 from __future__ import annotations
 
-from faena.domain.durations import format_size
-
 DEFAULT_SHELL = "__faena_default_shell__"
 
 # PID 1 is Docker's init (it reaps orphans); this loop only keeps the container up.
@@ -82,18 +80,3 @@ OOM_KILLS = (
     "cat /sys/fs/cgroup/memory.events 2>/dev/null"
     " || cat /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null || true"
 )  # exits 0 where it runs: anything else means the container itself is going
-
-
-def oom_kill_count(text: str) -> int:
-    """The ``oom_kill`` counter of a cgroup's memory events (v2) or oom_control (v1)."""
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "oom_kill" and value.strip().isdigit():
-            return int(value)
-    return 0
-
-
-def oom_reason(memory_limit: int) -> str:
-    """What a step killed for memory is told, naming the container's limit."""
-    where = f"limit {format_size(memory_limit)}" if memory_limit else "no memory limit set"
-    return f"out of memory ({where}): the kernel killed a process of this step"

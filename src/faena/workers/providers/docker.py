@@ -52,11 +52,10 @@ from faena.workers.providers.container_scripts import (
     KILL,
     OOM_KILLS,
     WRAPPER,
-    oom_kill_count,
-    oom_reason,
 )
 from faena.workers.providers.docker_daemon import DockerDaemon, Unreachable, describe
 from faena.workers.providers.exit_codes import EXIT_CANCELLED, EXIT_KILLED, EXIT_TIMED_OUT
+from faena.workers.providers.oom import oom_kill_count, oom_reason
 from faena.workers.providers.output_pipe import OutputPipe, PipeDrainer, close_fds, wait_for_exit
 from faena.workers.providers.service_health import wait_healthy
 from faena.workers.providers.service_logs import TAIL_LINES, hand_over

@@ -53,8 +53,6 @@ from faena.workers.providers.container_scripts import (
     DEFAULT_SHELL,
     KILL_FROM_PIDFILE,
     OOM_KILLS,
-    oom_kill_count,
-    oom_reason,
 )
 from faena.workers.providers.exit_codes import EXIT_CANCELLED, EXIT_KILLED, EXIT_TIMED_OUT
 from faena.workers.providers.kubernetes_api import ApiGone, KubeApi, KubeConnection
@@ -86,6 +84,7 @@ from faena.workers.providers.kubernetes_status import (
     pod_state,
     terminated_text,
 )
+from faena.workers.providers.oom import oom_kill_count, oom_reason
 from faena.workers.providers.output_pipe import wait_for_exit
 from faena.workers.providers.service_health import wait_healthy
 from faena.workers.providers.service_logs import TAIL_LINES, hand_over
